@@ -1,0 +1,272 @@
+"""Errors raised by convo.
+
+Every error convo raises derives from :class:`ConvoError` and also from the
+builtin it most resembles, so ``except ValueError`` style handling keeps
+working::
+
+    ConvoError
+    ├── ConfigurationError (ValueError)
+    │   ├── MissingAPIKeyError
+    │   └── ProviderNotDetected
+    ├── BudgetExceeded (RuntimeError)
+    ├── MaxTurnsExceeded (RuntimeError)
+    ├── UnknownToolUseError (LookupError)
+    ├── ToolDefinitionError (TypeError)
+    └── ProviderError
+        ├── AuthenticationError          401
+        ├── PermissionDeniedError        403
+        ├── NotFoundError (LookupError)  404
+        ├── InvalidRequestError (ValueError)  400, 413, 422
+        ├── RateLimitError               429
+        ├── OverloadedError              529, "overloaded_error"
+        ├── ServerError                  5xx
+        ├── ResponseFormatError (ValueError)  a reply convo cannot parse
+        └── APIConnectionError (ConnectionError)
+            └── APITimeoutError (TimeoutError)
+
+Flow control is not an error and sits outside this tree:
+:class:`convo.DoNotRespond` (a tool asks for no result) and
+:class:`Cancelled` (``Convo.cancel()`` stopped the call).
+
+No error ever carries a secret: messages are built from the provider's error
+body and status only, never from request headers.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIConnectionError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BudgetExceeded",
+    "Cancelled",
+    "ConfigurationError",
+    "ConvoError",
+    "InvalidRequestError",
+    "MaxTurnsExceeded",
+    "MissingAPIKeyError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "ProviderError",
+    "ProviderNotDetected",
+    "RateLimitError",
+    "ResponseFormatError",
+    "ServerError",
+    "ToolDefinitionError",
+    "UnknownToolUseError",
+    "error_for_status",
+]
+
+
+class ConvoError(Exception):
+    """The root of every error convo raises."""
+
+
+class ConfigurationError(ConvoError, ValueError):
+    """convo was set up in a way that cannot work (a bad argument, a missing setting)."""
+
+
+class MissingAPIKeyError(ConfigurationError):
+    """No API key was given and the environment variable that holds it is unset."""
+
+    def __init__(self, env_var: str, provider: str) -> None:
+        self.env_var = env_var
+        self.provider = provider
+        super().__init__(
+            f"no {provider} API key: pass api_key=... or set the {env_var} environment variable"
+        )
+
+
+class ProviderNotDetected(ConfigurationError):
+    """No model provider could be chosen from the arguments and the environment."""
+
+
+class BudgetExceeded(ConvoError, RuntimeError):
+    """A conversation, or one of its ancestors, has spent more than its budget.
+
+    Attributes:
+        convo_id: the id of the conversation whose budget is spent.
+        spent: dollars spent since that budget started counting.
+        max_dollars: the budget's limit.
+    """
+
+    def __init__(self, convo_id: str, spent, max_dollars) -> None:
+        self.convo_id = convo_id
+        self.spent = spent
+        self.max_dollars = max_dollars
+        super().__init__(
+            f"convo {convo_id} is over budget: spent ${spent} of ${max_dollars}"
+        )
+
+
+class MaxTurnsExceeded(ConvoError, RuntimeError):
+    """``Convo.run()`` reached ``max_turns`` before the model ended its turn."""
+
+    def __init__(self, max_turns: int, last_response=None) -> None:
+        self.max_turns = max_turns
+        self.last_response = last_response
+        super().__init__(
+            f"the model was still calling tools after {max_turns} turns (max_turns={max_turns})"
+        )
+
+
+class UnknownToolUseError(ConvoError, LookupError):
+    """``cancel_tool_use()`` was given an id that names no running tool call."""
+
+    def __init__(self, tool_use_id: str) -> None:
+        self.tool_use_id = tool_use_id
+        super().__init__(f"no running tool call has id {tool_use_id!r}")
+
+
+class ToolDefinitionError(ConvoError, TypeError):
+    """A function cannot be turned into a tool (an untyped or unsupported parameter)."""
+
+
+class Cancelled(Exception):
+    """``Convo.cancel()`` stopped a request or a tool call.
+
+    Flow control rather than an error, so it does not derive from ConvoError:
+    ``except ConvoError`` does not swallow a user's own cancellation.
+    """
+
+
+class ProviderError(ConvoError):
+    """A model provider's API answered with an error, or could not be reached.
+
+    Attributes:
+        status_code: the HTTP status, or None when no response arrived.
+        error_type: the provider's error type ("overloaded_error",
+            "rate_limit_error", ...), or None.
+        message: the provider's human-readable message.
+        request_id: the provider's request id, for support tickets, or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error_type: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.message = message
+        self.status_code = status_code
+        self.error_type = error_type
+        self.request_id = request_id
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.status_code is not None:
+            parts.append(str(self.status_code))
+        if self.error_type:
+            parts.append(self.error_type)
+        head = " ".join(parts)
+        text = f"{head}: {self.message}" if head else self.message
+        if self.request_id:
+            text += f" (request_id={self.request_id})"
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(message={self.message!r}, status_code={self.status_code!r}, "
+            f"error_type={self.error_type!r}, request_id={self.request_id!r})"
+        )
+
+    def __reduce__(self):
+        return (_rebuild_provider_error, (type(self), self.message, self.status_code,
+                                          self.error_type, self.request_id))
+
+
+def _rebuild_provider_error(cls, message, status_code, error_type, request_id):
+    return cls(message, status_code=status_code, error_type=error_type, request_id=request_id)
+
+
+class AuthenticationError(ProviderError):
+    """The API key is missing, malformed or revoked (HTTP 401)."""
+
+
+class PermissionDeniedError(ProviderError):
+    """The API key may not use this resource (HTTP 403)."""
+
+
+class NotFoundError(ProviderError, LookupError):
+    """The model or endpoint does not exist (HTTP 404)."""
+
+
+class InvalidRequestError(ProviderError, ValueError):
+    """The provider rejected the request as malformed (HTTP 400, 413, 422)."""
+
+
+class RateLimitError(ProviderError):
+    """Too many requests or tokens for the account's limits (HTTP 429)."""
+
+
+class OverloadedError(ProviderError):
+    """The provider is temporarily overloaded (Anthropic's HTTP 529)."""
+
+
+class ServerError(ProviderError):
+    """The provider failed on its side (HTTP 5xx)."""
+
+
+class ResponseFormatError(ProviderError, ValueError):
+    """The provider's reply could not be parsed: malformed JSON, a truncated stream."""
+
+
+class APIConnectionError(ProviderError, ConnectionError):
+    """The provider could not be reached, or dropped the connection."""
+
+
+class APITimeoutError(APIConnectionError, TimeoutError):
+    """The provider did not answer within the timeout."""
+
+
+_BY_STATUS: dict[int, type[ProviderError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    408: APITimeoutError,
+    413: InvalidRequestError,
+    422: InvalidRequestError,
+    429: RateLimitError,
+    529: OverloadedError,
+}
+
+_BY_TYPE: dict[str, type[ProviderError]] = {
+    "invalid_request_error": InvalidRequestError,
+    "authentication_error": AuthenticationError,
+    "permission_error": PermissionDeniedError,
+    "not_found_error": NotFoundError,
+    "request_too_large": InvalidRequestError,
+    "rate_limit_error": RateLimitError,
+    "overloaded_error": OverloadedError,
+    "api_error": ServerError,
+    "timeout_error": APITimeoutError,
+}
+
+
+def error_for_status(
+    status_code: int | None,
+    message: str,
+    *,
+    error_type: str | None = None,
+    request_id: str | None = None,
+) -> ProviderError:
+    """Build the typed :class:`ProviderError` for an HTTP status and error type.
+
+    The status decides when it is known; an error that arrives inside a 200
+    stream (status None) is typed by its ``error_type``.
+    """
+    cls: type[ProviderError] | None = None
+    if status_code is not None:
+        cls = _BY_STATUS.get(status_code)
+        if cls is None and status_code >= 500:
+            cls = ServerError
+    if cls is None and error_type:
+        cls = _BY_TYPE.get(error_type)
+    if cls is None:
+        cls = ProviderError
+    return cls(message, status_code=status_code, error_type=error_type, request_id=request_id)

@@ -1,0 +1,610 @@
+"""The neutral data model: messages, content blocks, requests and responses.
+
+These are frozen attrs values. They know nothing of any provider's wire
+format; each provider module converts to and from its own JSON. Every type
+round-trips through ``to_dict()`` / ``from_dict()`` as plain JSON whose enums
+are readable strings.
+
+Values are immutable and so safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from datetime import datetime
+from typing import Any, ClassVar, Iterable, Union
+
+import attrs
+from attrs import field, frozen
+
+from .usage import Usage
+
+__all__ = [
+    "Block",
+    "Document",
+    "Image",
+    "Message",
+    "RawBlock",
+    "RedactedThinking",
+    "Request",
+    "Response",
+    "Role",
+    "StopReason",
+    "Text",
+    "Thinking",
+    "ThinkingConfig",
+    "ToolChoice",
+    "ToolResult",
+    "ToolSpec",
+    "ToolUse",
+    "block_from_dict",
+]
+
+
+class _StrEnum(str, enum.Enum):
+    """A string-valued enum that prints, compares and serialises as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def _missing_(cls, value):
+        # Providers add values over time (a new stop reason, say). Keep them
+        # readable instead of failing to parse a whole response.
+        if isinstance(value, str):
+            member = str.__new__(cls, value)
+            member._name_ = value.upper()
+            member._value_ = value
+            return member
+        return None
+
+
+class Role(_StrEnum):
+    """Who said a message."""
+
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class StopReason(_StrEnum):
+    """Why the model stopped. Unknown values from a provider are kept as-is."""
+
+    END_TURN = "end_turn"
+    TOOL_USE = "tool_use"
+    MAX_TOKENS = "max_tokens"
+    STOP_SEQUENCE = "stop_sequence"
+    REFUSAL = "refusal"
+    PAUSE_TURN = "pause_turn"
+
+
+# --- time helpers ----------------------------------------------------------
+
+def _time_to_json(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _time_from_json(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+# --- content blocks --------------------------------------------------------
+
+_BLOCK_TYPES: dict[str, type] = {}
+
+
+def _register(cls):
+    _BLOCK_TYPES[cls.type] = cls
+    return cls
+
+
+@_register
+@frozen
+class Text:
+    """Plain text.
+
+    ``cache`` asks the provider to cache the prompt up to and including this
+    block (Anthropic prompt caching); providers without caching ignore it.
+    """
+
+    type: ClassVar[str] = "text"
+    text: str = field(validator=attrs.validators.instance_of(str))
+    citations: tuple = field(default=(), converter=tuple)
+    cache: bool = False
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"type": self.type, "text": self.text}
+        if self.citations:
+            d["citations"] = list(self.citations)
+        if self.cache:
+            d["cache"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Text":
+        return cls(text=d["text"], citations=d.get("citations") or (), cache=d.get("cache", False))
+
+
+def _check_source(instance, attribute, value):
+    names = ("data", "url", "text") if hasattr(instance, "text") else ("data", "url")
+    given = [n for n in names if getattr(instance, n) is not None]
+    if len(given) != 1:
+        choices = " or ".join(f"{n}=" for n in names)
+        raise ValueError(f"{type(instance).__name__} needs exactly one of {choices}, got {given or 'none'}")
+
+
+@_register
+@frozen
+class Image:
+    """An image, as base64 ``data`` with its ``media_type``, or as a ``url``."""
+
+    type: ClassVar[str] = "image"
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = field(default=None, validator=_check_source)
+    cache: bool = False
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, media_type: str) -> "Image":
+        """An image from raw bytes, base64-encoded for the wire."""
+        import base64
+
+        return cls(media_type=media_type, data=base64.b64encode(raw).decode("ascii"))
+
+    def to_dict(self) -> dict:
+        d = {"type": self.type, "media_type": self.media_type, "data": self.data, "url": self.url}
+        d = {k: v for k, v in d.items() if v is not None}
+        if self.cache:
+            d["cache"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Image":
+        return cls(media_type=d.get("media_type"), data=d.get("data"), url=d.get("url"),
+                   cache=d.get("cache", False))
+
+
+@_register
+@frozen
+class Document:
+    """A document (PDF or plain text): base64 ``data``, a ``url`` or inline ``text``."""
+
+    type: ClassVar[str] = "document"
+    media_type: str | None = None
+    data: str | None = None
+    text: str | None = None
+    url: str | None = field(default=None, validator=_check_source)
+    title: str | None = None
+    cache: bool = False
+
+    def to_dict(self) -> dict:
+        d = {"type": self.type, "media_type": self.media_type, "data": self.data,
+             "text": self.text, "url": self.url, "title": self.title}
+        d = {k: v for k, v in d.items() if v is not None}
+        if self.cache:
+            d["cache"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Document":
+        return cls(media_type=d.get("media_type"), data=d.get("data"), text=d.get("text"),
+                   url=d.get("url"), title=d.get("title"), cache=d.get("cache", False))
+
+
+@_register
+@frozen
+class Thinking:
+    """The model's visible reasoning, with the signature that must be sent back unchanged."""
+
+    type: ClassVar[str] = "thinking"
+    thinking: str
+    signature: str = ""
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "thinking": self.thinking, "signature": self.signature}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Thinking":
+        return cls(thinking=d["thinking"], signature=d.get("signature", ""))
+
+
+@_register
+@frozen
+class RedactedThinking:
+    """Reasoning the provider encrypted; sent back verbatim on later turns."""
+
+    type: ClassVar[str] = "redacted_thinking"
+    data: str
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "data": self.data}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RedactedThinking":
+        return cls(data=d["data"])
+
+
+@_register
+@frozen
+class ToolUse:
+    """The model asks to call tool ``name`` with ``input``; ``id`` links the result."""
+
+    type: ClassVar[str] = "tool_use"
+    id: str
+    name: str
+    input: dict = field(factory=dict)
+    cache: bool = False
+
+    def to_dict(self) -> dict:
+        d = {"type": self.type, "id": self.id, "name": self.name, "input": self.input}
+        if self.cache:
+            d["cache"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ToolUse":
+        return cls(id=d["id"], name=d["name"], input=d.get("input") or {}, cache=d.get("cache", False))
+
+
+def _to_blocks(value) -> tuple:
+    if isinstance(value, str):
+        return (Text(value),)
+    if isinstance(value, (Text, Image, Document, RawBlock)):
+        return (value,)
+    return tuple(value)
+
+
+@_register
+@frozen
+class ToolResult:
+    """What a tool call produced, sent back to the model in a user message.
+
+    ``content`` holds text, image and document blocks (a plain string is
+    converted to one Text block). ``display`` is for people, never sent to
+    the model. ``start_time``/``end_time`` record when the tool ran.
+    """
+
+    type: ClassVar[str] = "tool_result"
+    tool_use_id: str
+    content: tuple = field(default=(), converter=_to_blocks)
+    is_error: bool = False
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    display: Any = None
+    cache: bool = False
+
+    def text(self) -> str:
+        """The result's text blocks joined together."""
+        return "".join(b.text for b in self.content if isinstance(b, Text))
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {
+            "type": self.type,
+            "tool_use_id": self.tool_use_id,
+            "content": [b.to_dict() for b in self.content],
+            "is_error": self.is_error,
+        }
+        if self.start_time is not None:
+            d["start_time"] = _time_to_json(self.start_time)
+        if self.end_time is not None:
+            d["end_time"] = _time_to_json(self.end_time)
+        if self.display is not None:
+            d["display"] = self.display
+        if self.cache:
+            d["cache"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ToolResult":
+        content = d.get("content") or ()
+        if not isinstance(content, str):
+            content = tuple(block_from_dict(b) for b in content)
+        return cls(
+            tool_use_id=d["tool_use_id"],
+            content=content,
+            is_error=d.get("is_error", False),
+            start_time=_time_from_json(d.get("start_time")),
+            end_time=_time_from_json(d.get("end_time")),
+            display=d.get("display"),
+            cache=d.get("cache", False),
+        )
+
+
+@frozen
+class RawBlock:
+    """A block convo does not model (server tool blocks, future types), kept verbatim.
+
+    ``data`` is the provider's JSON object exactly as received, so the block
+    can be sent back unchanged on the next turn.
+    """
+
+    data: dict
+    cache: bool = False
+
+    @property
+    def type(self) -> str:
+        return str(self.data.get("type", "unknown"))
+
+    def to_dict(self) -> dict:
+        d = {"type": "raw", "data": self.data}
+        if self.cache:
+            d["cache"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RawBlock":
+        return cls(data=d["data"], cache=d.get("cache", False))
+
+
+Block = Union[Text, Image, Document, Thinking, RedactedThinking, ToolUse, ToolResult, RawBlock]
+
+
+def block_from_dict(d: dict) -> Block:
+    """Rebuild a content block from its ``to_dict()`` form."""
+    kind = d.get("type")
+    if kind == "raw":
+        return RawBlock.from_dict(d)
+    cls = _BLOCK_TYPES.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown content block type {kind!r}")
+    return cls.from_dict(d)
+
+
+def _check_blocks(instance, attribute, value):
+    for block in value:
+        if not isinstance(block, (Text, Image, Document, Thinking, RedactedThinking,
+                                  ToolUse, ToolResult, RawBlock)):
+            raise TypeError(
+                f"message content must be content blocks, got {type(block).__name__}: {block!r}"
+            )
+
+
+# --- messages ---------------------------------------------------------------
+
+@frozen
+class Message:
+    """One turn of the conversation: a role and its content blocks."""
+
+    role: Role = field(converter=Role)
+    content: tuple = field(default=(), converter=_to_blocks, validator=_check_blocks)
+
+    @classmethod
+    def user(cls, text: str = "", *blocks: Block) -> "Message":
+        """A user message: ``blocks`` (often tool results) first, then ``text`` if any."""
+        content = list(blocks)
+        if text:
+            content.append(Text(text))
+        return cls(Role.USER, content)
+
+    @classmethod
+    def assistant(cls, text: str = "", *blocks: Block) -> "Message":
+        """An assistant message: ``text`` if any, then ``blocks``."""
+        content = [Text(text)] if text else []
+        content.extend(blocks)
+        return cls(Role.ASSISTANT, content)
+
+    def text(self) -> str:
+        """The message's text blocks joined together."""
+        return "".join(b.text for b in self.content if isinstance(b, Text))
+
+    def tool_uses(self) -> list[ToolUse]:
+        return [b for b in self.content if isinstance(b, ToolUse)]
+
+    def tool_results(self) -> list[ToolResult]:
+        return [b for b in self.content if isinstance(b, ToolResult)]
+
+    def to_dict(self) -> dict:
+        return {"role": str(self.role), "content": [b.to_dict() for b in self.content]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Message":
+        content = d.get("content") or ()
+        if not isinstance(content, str):
+            content = tuple(block_from_dict(b) for b in content)
+        return cls(role=d["role"], content=content)
+
+
+# --- requests ---------------------------------------------------------------
+
+@frozen
+class ToolSpec:
+    """What the model is told about a tool: its name, description and input JSON Schema."""
+
+    name: str
+    description: str = ""
+    input_schema: dict = field(factory=lambda: {"type": "object", "properties": {}})
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "input_schema": self.input_schema}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ToolSpec":
+        return cls(name=d["name"], description=d.get("description", ""),
+                   input_schema=d.get("input_schema") or {"type": "object", "properties": {}})
+
+
+class ToolChoiceType(_StrEnum):
+    AUTO = "auto"
+    ANY = "any"
+    TOOL = "tool"
+    NONE = "none"
+
+
+@frozen
+class ToolChoice:
+    """How the model may use tools: ``auto``, ``any`` (must call one), a named ``tool``, or ``none``."""
+
+    type: ToolChoiceType = field(default=ToolChoiceType.AUTO, converter=ToolChoiceType)
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
+
+    def __attrs_post_init__(self):
+        if (self.type == ToolChoiceType.TOOL) != (self.name is not None):
+            raise ValueError("ToolChoice(type='tool') needs name=, and only that type takes one")
+
+    @classmethod
+    def auto(cls) -> "ToolChoice":
+        return cls(ToolChoiceType.AUTO)
+
+    @classmethod
+    def any(cls) -> "ToolChoice":
+        return cls(ToolChoiceType.ANY)
+
+    @classmethod
+    def none(cls) -> "ToolChoice":
+        return cls(ToolChoiceType.NONE)
+
+    @classmethod
+    def tool(cls, name: str) -> "ToolChoice":
+        return cls(ToolChoiceType.TOOL, name)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"type": str(self.type)}
+        if self.name is not None:
+            d["name"] = self.name
+        if self.disable_parallel_tool_use:
+            d["disable_parallel_tool_use"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ToolChoice":
+        return cls(d["type"], d.get("name"), d.get("disable_parallel_tool_use", False))
+
+
+@frozen
+class ThinkingConfig:
+    """Extended thinking: a token budget for reasoning, or ``adaptive`` where the model supports it."""
+
+    budget_tokens: int | None = None
+    adaptive: bool = False
+    display: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in attrs.asdict(self).items() if v not in (None, False)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ThinkingConfig":
+        return cls(**d)
+
+
+@frozen
+class Request:
+    """What a service receives: the history, system prompt, tools and sampling settings.
+
+    ``max_tokens`` None lets the service use its own default. ``extra`` holds
+    provider-specific fields passed through to the wire body unchanged.
+    """
+
+    messages: tuple = field(converter=tuple)
+    system: tuple = field(default=(), converter=_to_blocks)
+    tools: tuple = field(default=(), converter=tuple)
+    tool_choice: ToolChoice | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop_sequences: tuple = field(default=(), converter=tuple)
+    thinking: ThinkingConfig | None = None
+    extra: dict = field(factory=dict)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {
+            "messages": [m.to_dict() for m in self.messages],
+            "system": [b.to_dict() for b in self.system],
+            "tools": [t.to_dict() for t in self.tools],
+        }
+        if self.tool_choice is not None:
+            d["tool_choice"] = self.tool_choice.to_dict()
+        for name in ("max_tokens", "temperature"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
+        if self.stop_sequences:
+            d["stop_sequences"] = list(self.stop_sequences)
+        if self.thinking is not None:
+            d["thinking"] = self.thinking.to_dict()
+        if self.extra:
+            d["extra"] = self.extra
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Request":
+        return cls(
+            messages=[Message.from_dict(m) for m in d.get("messages", ())],
+            system=tuple(block_from_dict(b) for b in d.get("system", ())),
+            tools=[ToolSpec.from_dict(t) for t in d.get("tools", ())],
+            tool_choice=ToolChoice.from_dict(d["tool_choice"]) if d.get("tool_choice") else None,
+            max_tokens=d.get("max_tokens"),
+            temperature=d.get("temperature"),
+            stop_sequences=d.get("stop_sequences", ()),
+            thinking=ThinkingConfig.from_dict(d["thinking"]) if d.get("thinking") else None,
+            extra=d.get("extra") or {},
+        )
+
+
+# --- responses --------------------------------------------------------------
+
+def _opt_stop_reason(value):
+    return None if value is None else StopReason(value)
+
+
+@frozen
+class Response:
+    """A model's reply: its content blocks, why it stopped and what it cost in tokens."""
+
+    id: str
+    model: str
+    content: tuple = field(default=(), converter=_to_blocks, validator=_check_blocks)
+    stop_reason: StopReason | None = field(default=StopReason.END_TURN, converter=_opt_stop_reason)
+    stop_sequence: str | None = None
+    usage: Usage = field(factory=Usage)
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+    def text(self) -> str:
+        """The reply's text blocks joined together."""
+        return "".join(b.text for b in self.content if isinstance(b, Text))
+
+    def tool_uses(self) -> list[ToolUse]:
+        """The reply's tool calls, in the order the model made them."""
+        return [b for b in self.content if isinstance(b, ToolUse)]
+
+    def to_message(self) -> Message:
+        """The reply as an assistant message for the history."""
+        return Message(Role.ASSISTANT, self.content)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "content": [b.to_dict() for b in self.content],
+            "stop_reason": None if self.stop_reason is None else str(self.stop_reason),
+            "stop_sequence": self.stop_sequence,
+            "usage": self.usage.to_dict(),
+            "start_time": _time_to_json(self.start_time),
+            "end_time": _time_to_json(self.end_time),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Response":
+        return cls(
+            id=d["id"],
+            model=d["model"],
+            content=tuple(block_from_dict(b) for b in d.get("content", ())),
+            stop_reason=d.get("stop_reason"),
+            stop_sequence=d.get("stop_sequence"),
+            usage=Usage.from_dict(d.get("usage") or {}),
+            start_time=_time_from_json(d.get("start_time")),
+            end_time=_time_from_json(d.get("end_time")),
+        )
+
+
+def dumps(value: Any) -> str:
+    """JSON text of anything with ``to_dict()`` (or a list of such), indented for people."""
+    if isinstance(value, (list, tuple)):
+        value = [v.to_dict() for v in value]
+    elif hasattr(value, "to_dict"):
+        value = value.to_dict()
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def iter_blocks(messages: Iterable[Message]):
+    for m in messages:
+        yield from m.content
