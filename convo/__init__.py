@@ -1,6 +1,7 @@
 """convo: managed conversations with large language models, from blocking Python."""
 
 from ._retry import RetryPolicy
+from .conversation import Budget, Convo
 from .errors import (
     APIConnectionError,
     APITimeoutError,
@@ -43,6 +44,8 @@ from .messages import (
 )
 from .pricing import PRICES, Price, PriceTable
 from .service import BlockDone, Service, StreamDone, TextDelta, ThinkingDelta, ToolInputDelta
+from .tools import DoNotRespond, Tool, ToolCallInfo, ToolOut, tool, tool_call_info
+from .listeners import Listener, MultiListener, NoopListener, combine_listeners
 from .usage import CumulativeUsage, Usage
 
 __version__ = "0.1.0"

@@ -1,0 +1,136 @@
+"""Listeners: hooks that see every request, response, tool call and tool result.
+
+A listener is any object with some of these methods; each receives the
+:class:`~convo.Convo` the event belongs to first, so one listener set on a
+root conversation hears every sub-conversation at every depth too (use
+``convo.id``, ``convo.parent`` and ``convo.depth()`` to place an event)::
+
+    on_request(convo, request)          before a request is sent
+    on_response(convo, response)        after a reply arrived (usage priced)
+    on_error(convo, request, error)     a request failed (nothing joined the history)
+    on_tool_call(convo, tool_use)       before a tool runs
+    on_tool_result(convo, tool_use, result, error)
+                                        after it ran; ``error`` is the exception
+                                        it raised, if any (``result`` then
+                                        carries the error text the model sees)
+
+Missing methods are skipped. A listener that raises never breaks the
+conversation: the exception is logged (``listener_failed``) and ignored.
+Listeners are called from whichever thread the event happens on (tool
+events from tool worker threads), so they must be thread-safe, and convo
+holds no lock while calling them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+
+__all__ = ["Listener", "MultiListener", "NoopListener", "combine_listeners"]
+
+log = structlog.get_logger("convo")
+
+EVENTS = ("on_request", "on_response", "on_error", "on_tool_call", "on_tool_result")
+
+
+@runtime_checkable
+class Listener(Protocol):
+    """What a listener may implement; see the module docstring for the events."""
+
+    def on_request(self, convo: Any, request: Any) -> None: ...
+
+    def on_response(self, convo: Any, response: Any) -> None: ...
+
+    def on_tool_call(self, convo: Any, tool_use: Any) -> None: ...
+
+    def on_tool_result(self, convo: Any, tool_use: Any, result: Any, error: BaseException | None) -> None: ...
+
+
+class NoopListener:
+    """A listener that ignores everything: subclass it and override what you need.
+
+    Stateless, so thread-safe.
+    """
+
+    def on_request(self, convo, request) -> None:
+        pass
+
+    def on_response(self, convo, response) -> None:
+        pass
+
+    def on_error(self, convo, request, error) -> None:
+        pass
+
+    def on_tool_call(self, convo, tool_use) -> None:
+        pass
+
+    def on_tool_result(self, convo, tool_use, result, error) -> None:
+        pass
+
+
+class MultiListener:
+    """Several listeners as one: each event goes to each, in order.
+
+    One failing listener does not stop the others. Immutable, so
+    thread-safe when its listeners are.
+    """
+
+    def __init__(self, *listeners: Any) -> None:
+        flat: list[Any] = []
+        for listener in listeners:
+            if listener is None:
+                continue
+            if isinstance(listener, MultiListener):
+                flat.extend(listener.listeners)
+            else:
+                flat.append(listener)
+        self.listeners = tuple(flat)
+
+    def __repr__(self) -> str:
+        return f"MultiListener({', '.join(type(x).__name__ for x in self.listeners)})"
+
+    def _dispatch(self, event: str, *args) -> None:
+        for listener in self.listeners:
+            notify(listener, event, *args)
+
+    def on_request(self, convo, request) -> None:
+        self._dispatch("on_request", convo, request)
+
+    def on_response(self, convo, response) -> None:
+        self._dispatch("on_response", convo, response)
+
+    def on_error(self, convo, request, error) -> None:
+        self._dispatch("on_error", convo, request, error)
+
+    def on_tool_call(self, convo, tool_use) -> None:
+        self._dispatch("on_tool_call", convo, tool_use)
+
+    def on_tool_result(self, convo, tool_use, result, error) -> None:
+        self._dispatch("on_tool_result", convo, tool_use, result, error)
+
+
+def combine_listeners(*listeners: Any) -> Any:
+    """One listener out of several (None entries are dropped)."""
+    multi = MultiListener(*listeners)
+    if not multi.listeners:
+        return None
+    if len(multi.listeners) == 1:
+        return multi.listeners[0]
+    return multi
+
+
+def notify(listener: Any, event: str, *args) -> None:
+    """Call ``listener.<event>(*args)`` if it exists; log and swallow what it raises."""
+    if listener is None:
+        return
+    method = getattr(listener, event, None)
+    if method is None:
+        return
+    try:
+        method(*args)
+    except Exception as exc:
+        convo = args[0] if args else None
+        log.warning("listener_failed", listener=type(listener).__name__, listener_event=event,
+                    convo_id=getattr(convo, "id", None), error=f"{type(exc).__name__}: {exc}",
+                    exc_info=True)
