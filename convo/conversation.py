@@ -422,9 +422,6 @@ class Convo:
             self._messages.append(message)
             self._messages.append(response.to_message())
         self._record_usage(response.usage)
-        log.debug("response_received", convo_id=self.id, model=response.model,
-                  stop_reason=str(response.stop_reason), input_tokens=response.usage.input_tokens,
-                  output_tokens=response.usage.output_tokens)
         _listeners.notify(self.listener, "on_response", self, response)
         return response
 

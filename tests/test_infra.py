@@ -1,0 +1,108 @@
+"""The private building blocks: SSE parsing, retry policy, cancel tokens."""
+
+from __future__ import annotations
+
+import threading
+import time
+from email.utils import format_datetime
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, strategies as st
+
+from convo import Cancelled, RetryPolicy
+from convo._cancel import CancelToken, cancel_scope, current_token
+from convo._sse import SSEEvent, iter_sse
+
+STREAM = (
+    b"event: message_start\r\ndata: {\"a\": 1}\r\n\r\n"
+    b": a comment\n\n"
+    b"event: content_block_delta\ndata: line one\ndata:line two\n\n"
+    b"data: caf\xc3\xa9\r\r"
+    b"event: ping\ndata: {}\n\n"
+)
+EXPECTED = [
+    SSEEvent("message_start", '{"a": 1}'),
+    SSEEvent("content_block_delta", "line one\nline two"),
+    SSEEvent("message", "café"),
+    SSEEvent("ping", "{}"),
+]
+
+
+class TestSSE:
+    def test_parses_events_comments_and_line_endings(self):
+        assert list(iter_sse([STREAM])) == EXPECTED
+
+    @given(st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), max_size=12))
+    def test_any_chunking_gives_the_same_events(self, cuts):
+        cuts = sorted(set(cuts))
+        pieces = [STREAM[a:b] for a, b in zip([0] + cuts, cuts + [len(STREAM)])]
+        assert list(iter_sse(pieces)) == EXPECTED
+
+    def test_unterminated_final_event_is_kept(self):
+        assert list(iter_sse([b"data: tail"])) == [SSEEvent("message", "tail")]
+
+
+class TestRetryPolicy:
+    def test_statuses_and_attempts(self):
+        p = RetryPolicy(max_attempts=3)
+        assert p.should_retry(1, 529) and p.should_retry(2, 429) and p.should_retry(1, None)
+        assert not p.should_retry(3, 529)
+        assert not p.should_retry(1, 400)
+
+    def test_x_should_retry_overrides(self):
+        p = RetryPolicy()
+        assert not p.should_retry(1, 529, {"x-should-retry": "false"})
+        assert p.should_retry(1, 400, {"X-Should-Retry": "true"})
+
+    def test_retry_after_headers(self):
+        p = RetryPolicy()
+        assert p.delay(1, {"retry-after-ms": "250"}) == 0.25
+        assert p.delay(1, {"Retry-After": "2"}) == 2.0
+        when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=5), usegmt=True)
+        assert 3.5 < p.delay(1, {"retry-after": when}) <= 5.0
+        # absurd waits fall back to backoff
+        assert p.delay(1, {"retry-after": "3600"}) <= p.initial_delay
+
+    def test_backoff_grows_with_jitter_and_cap(self):
+        p = RetryPolicy(initial_delay=1, max_delay=4, jitter=0.25)
+        for attempt, base in [(1, 1), (2, 2), (3, 4), (6, 4)]:
+            d = p.delay(attempt)
+            assert base * 0.75 <= d <= base
+
+    def test_validation(self):
+        with pytest.raises(ValueError):
+            RetryPolicy(max_attempts=0)
+        with pytest.raises(ValueError):
+            RetryPolicy(jitter=2)
+
+
+class TestCancelToken:
+    def test_wait_ends_early_when_cancelled(self):
+        token = CancelToken()
+        threading.Timer(0.05, token.cancel, args=("stop",)).start()
+        start = time.monotonic()
+        assert token.wait(5) is True
+        assert time.monotonic() - start < 1
+        with pytest.raises(Cancelled, match="stop"):
+            token.raise_if_cancelled()
+
+    def test_callbacks_run_once_and_only_inside_the_block(self):
+        token = CancelToken()
+        calls = []
+        with token.on_cancel(lambda: calls.append("a")):
+            pass
+        with token.on_cancel(lambda: calls.append("b")):
+            token.cancel()
+            token.cancel()
+        assert calls == ["b"]
+        with token.on_cancel(lambda: calls.append("late")):
+            pass
+        assert calls == ["b", "late"]
+
+    def test_scope_sets_the_current_token(self):
+        token = CancelToken()
+        assert current_token() is not token
+        with cancel_scope(token):
+            assert current_token() is token
+        assert current_token() is not token
