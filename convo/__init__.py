@@ -50,9 +50,35 @@ from .usage import CumulativeUsage, Usage
 
 __version__ = "0.1.0"
 
+# Providers load on first use: importing convo stays cheap (no requests, no
+# llama.cpp) for code that only needs the engine or its own service.
+_LAZY = {
+    "AnthropicService": ".anthropic",
+    "LocalService": ".local",
+    "OpenAIService": ".openai",
+    "default_service": ".detect",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'convo' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "APIConnectionError",
     "APITimeoutError",
+    "AnthropicService",
     "AuthenticationError",
     "BlockDone",
     "Budget",
@@ -67,12 +93,14 @@ __all__ = [
     "Image",
     "InvalidRequestError",
     "Listener",
+    "LocalService",
     "MaxTurnsExceeded",
     "Message",
     "MissingAPIKeyError",
     "MultiListener",
     "NoopListener",
     "NotFoundError",
+    "OpenAIService",
     "OverloadedError",
     "PRICES",
     "PermissionDeniedError",
@@ -109,6 +137,7 @@ __all__ = [
     "UnknownToolUseError",
     "Usage",
     "combine_listeners",
+    "default_service",
     "tool",
     "tool_call_info",
 ]

@@ -3,6 +3,7 @@
 import convo
 
 PUBLIC = [
+    "AnthropicService", "LocalService", "OpenAIService", "default_service",
     "APIConnectionError", "APITimeoutError", "AuthenticationError", "BlockDone", "Budget", "BudgetExceeded",
     "Cancelled", "ConfigurationError", "Convo", "ConvoError", "CumulativeUsage", "DoNotRespond", "Document",
     "Image", "InvalidRequestError", "Listener", "MaxTurnsExceeded", "Message", "MissingAPIKeyError",
