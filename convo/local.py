@@ -212,7 +212,12 @@ def _result_text(result: ToolResult, name: str | None) -> str:
     body = "\n".join(parts) if parts else "(no output)"
     if result.is_error:
         return f"The {label} failed: {body}"
-    return f"Result of {label}: {body}"
+    return f"The {label} returned: {body}"
+
+
+# Without this nudge SmolLM2 tends to repeat its last tool call forever
+# (it copies the JSON it sees in the history); with it, it answers.
+_ANSWER_NUDGE = "Now answer my question in plain text."
 
 
 def to_chat_messages(request: Request) -> list[dict]:
@@ -220,9 +225,11 @@ def to_chat_messages(request: Request) -> list[dict]:
 
     Tool calls in the history are written the way the model makes them
     (``{"tool": ..., "input": ...}``); tool results become user messages
-    ("Result of tool 'x': ..."), since small models know only the system,
-    user and assistant roles. Images and binary documents become a short
-    note; thinking and raw provider blocks are left out.
+    ("The tool 'x' returned: ..."), since small models know only the system,
+    user and assistant roles. When the newest message carries tool results
+    and the model may answer in text, it also asks for that answer (small
+    models otherwise repeat their last call). Images and binary documents
+    become a short note; thinking and raw provider blocks are left out.
 
     Raises:
         InvalidRequestError: ``tool_choice`` names a tool the request lacks.
@@ -235,8 +242,9 @@ def to_chat_messages(request: Request) -> list[dict]:
     if system_parts:
         chat.append({"role": "system", "content": "\n\n".join(system_parts)})
 
+    may_answer = _tool_mode(request.tools, request.tool_choice) != "required"
     names: dict[str, str] = {}
-    for message in request.messages:
+    for position, message in enumerate(request.messages, start=1):
         parts: list[str] = []
         for block in message.content:
             if isinstance(block, ToolUse):
@@ -248,6 +256,8 @@ def to_chat_messages(request: Request) -> list[dict]:
                 text = _block_text(block)
                 if text:
                     parts.append(text)
+        if may_answer and position == len(request.messages) and message.tool_results():
+            parts.append(_ANSWER_NUDGE)
         if not parts:
             # Chat templates cope badly with empty turns, and an empty turn says nothing.
             continue
