@@ -427,7 +427,7 @@ class TestToolCalls:
         odd = ToolSpec("odd", "", {"type": "object", "properties": {"x": {"$ref": "https://example.invalid/s"}}})
         grammar = tool_grammar([odd], ToolChoice.any())
         service._check_grammar(service._loaded, grammar)
-        response = service.do(ask("Call odd.", tools=[odd], tool_choice=ToolChoice.any(), max_tokens=48))
+        response = service.do(ask("Call odd.", tools=[odd], tool_choice=ToolChoice.any(), max_tokens=24))
         assert response.stop_reason in (StopReason.TOOL_USE, StopReason.MAX_TOKENS)
 
     def test_unparsable_grammar_is_refused_not_a_crash(self, service):
