@@ -452,7 +452,10 @@ class LocalService:
         temperature: sampling temperature when a request sets none (0 is greedy).
         top_p, top_k, min_p, repeat_penalty: sampling settings; a request
             may override them through ``Request.extra``.
-        seed: a sampling seed for repeatable replies (None: random).
+        seed: the sampling seed (None: random). Even with a seed, replies
+            are not bit-for-bit repeatable: llama.cpp reuses the cached
+            prefix of the previous prompt, which changes the arithmetic
+            slightly.
         model_name: the name reported in ``Response.model``; default
             ``"local/SmolLM2-135M-Instruct"``, or ``"local/<file stem>"``.
         extra_buffer_types: let llama.cpp use its extra CPU buffer types
@@ -468,7 +471,9 @@ class LocalService:
 
     Tools: decoding is constrained by :func:`tool_grammar`, so a reply is
     either text or one tool call (never several, never both). Tool calls
-    reach a stream whole, after the model finished writing them.
+    reach a stream whole, after the model finished writing them; a call cut
+    off by ``max_tokens`` comes back as its text, with stop reason
+    ``max_tokens``. Stop sequences apply to text replies only.
 
     Thread-safe, with one caveat. A llama.cpp context is not thread-safe,
     so requests run one at a time behind a lock: concurrent callers (say,
