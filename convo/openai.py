@@ -768,10 +768,19 @@ class OpenAIService:
         return to_wire(request, self.model, stream=stream, max_tokens=self.max_tokens,
                        max_tokens_field=self.max_tokens_field)
 
+    def _scrub(self, err: ProviderError) -> ProviderError:
+        # A server may echo the key in its error message (OpenAI masks it,
+        # not every proxy does): the error must not carry it.
+        key = self._api_key.reveal() if self._api_key is not None else ""
+        if not key or key not in err.message:
+            return err
+        return type(err)(err.message.replace(key, "<redacted>"), status_code=err.status_code,
+                         error_type=err.error_type, request_id=err.request_id)
+
     def _post(self, body: dict, stream: bool) -> requests.Response:
         return send(self._session, self._url, body, headers=self._headers(), timeout=self.timeout,
-                    retry=self.retry, error_from_response=_error_from_response, stream=stream,
-                    provider=PROVIDER)
+                    retry=self.retry, error_from_response=lambda r: self._scrub(_error_from_response(r)),
+                    stream=stream, provider=PROVIDER)
 
     def do(self, request: Request) -> Response:
         """Send ``request`` and return the whole reply.
@@ -789,7 +798,10 @@ class OpenAIService:
             finally:
                 resp.close()
         request_id = request_id_of(resp.headers)
-        response = from_wire(data, model=self.model, start_time=start, end_time=_now(), request_id=request_id)
+        try:
+            response = from_wire(data, model=self.model, start_time=start, end_time=_now(), request_id=request_id)
+        except ProviderError as err:
+            raise self._scrub(err) from None
         log.debug("model_response", provider=PROVIDER, model=response.model, response_id=response.id,
                   stop_reason=str(response.stop_reason), input_tokens=response.usage.input_tokens,
                   output_tokens=response.usage.output_tokens)
@@ -837,8 +849,7 @@ class OpenAIService:
             if token.wait(delay):
                 token.raise_if_cancelled()
 
-    @staticmethod
-    def _events(resp: requests.Response, assembler: StreamAssembler) -> Iterator[StreamEvent]:
+    def _events(self, resp: requests.Response, assembler: StreamAssembler) -> Iterator[StreamEvent]:
         request_id = request_id_of(resp.headers)
         for sse in iter_sse(iter_body(resp, PROVIDER)):
             data = sse.data.strip()
@@ -854,5 +865,5 @@ class OpenAIService:
                     status_code=resp.status_code, request_id=request_id,
                 ) from None
             if isinstance(chunk, dict) and chunk.get("error") is not None and not chunk.get("choices"):
-                raise error_from_body(None, chunk, request_id=request_id)
+                raise self._scrub(error_from_body(None, chunk, request_id=request_id))
             yield from assembler.feed(chunk)
