@@ -216,7 +216,10 @@ def _assistant_message(message: Message) -> dict | None:
     # RawBlocks: they stay in the history and are left out of the request.
     if not text and not calls:
         return None  # the API rejects an empty assistant message
-    wire: dict[str, Any] = {"role": "assistant", "content": text or None}
+    # With only calls, content is "" rather than null or absent: OpenAI takes
+    # all three, but llama.cpp's server rejects null, and its function-calling
+    # chat template fails on a missing content.
+    wire: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         wire["tool_calls"] = calls
     return wire

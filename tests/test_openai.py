@@ -127,9 +127,10 @@ class TestToWire:
             {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Ñuñoa"}'}},
         ]}
 
-    def test_assistant_with_only_tool_calls_has_null_content(self):
+    def test_assistant_with_only_tool_calls_has_empty_content(self):
+        """Not null, not absent: llama.cpp's server rejects the one, its chat template the other."""
         (wire,) = to_wire(Request([Message.assistant("", ToolUse("c", "t", {}))]), "m")["messages"]
-        assert wire["content"] is None and wire["tool_calls"][0]["function"]["arguments"] == "{}"
+        assert wire["content"] == "" and wire["tool_calls"][0]["function"]["arguments"] == "{}"
 
     def test_tool_results_become_tool_messages_in_order_before_the_user_text(self):
         msg = Message.user("and now?", ToolResult("call_1", "sunny"), ToolResult("call_2", [Text("rain"), Text("y")]))
