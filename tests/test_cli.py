@@ -37,8 +37,13 @@ def feed_stdin(monkeypatch, text: str, tty: bool = False) -> None:
     monkeypatch.setattr(sys, "stdin", Stdin(text))
 
 
+# A test HTTP server thread elsewhere in the suite may report a dropped connection
+# while this test captures stderr; that block is socketserver's, not the command's.
+_SERVER_NOISE = re.compile(r"-{40}\nException occurred during processing of request.*?\n-{40}\n", re.DOTALL)
+
+
 def lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line]
+    return [line for line in _SERVER_NOISE.sub("", text).splitlines() if line]
 
 
 # --- the example tools -------------------------------------------------------------
@@ -211,11 +216,13 @@ class TestRunWithTools:
         assert followup[-1]["role"] == "tool" and followup[-1]["content"] == "42"
 
     def test_local_model_with_tools_finishes(self, capsys):
-        assert main(["run", "--tools", "--max-tokens", "48", "--max-turns", "3", "What is 6 times 7?"]) in (0, 1)
-        err = capsys.readouterr().err
-        assert "Traceback" not in err
-        last = lines(err)[-1]
-        assert USAGE_LINE.match(last.split(" · tools:")[0]) or last.startswith("convo: error: the model was still")
+        """Whatever the small model does with the tools, the command ends cleanly."""
+        code = main(["run", "--tools", "--max-tokens", "32", "--max-turns", "2", "What is 6 times 7?"])
+        last = lines(capsys.readouterr().err)[-1]
+        if code == 0:
+            assert USAGE_LINE.match(last.split(" · tools:")[0]), last
+        else:
+            assert code == 1 and last.startswith("convo: error: the model was still calling tools"), last
 
 
 # --- convo chat --------------------------------------------------------------------
@@ -272,8 +279,9 @@ class TestProcess:
         proc = subprocess.run([script, "run", "--model", "nonsense-model-9", "hi"],
                               capture_output=True, text=True, timeout=60, env=child_env())
         assert proc.returncode == 1
-        assert proc.stderr.startswith("convo: error: cannot tell which provider")
-        assert "Traceback" not in proc.stderr
+        assert proc.stdout == ""
+        [line] = proc.stderr.splitlines()
+        assert line.startswith("convo: error: cannot tell which provider")
 
     def test_ctrl_c_exits_130_without_a_traceback(self):
         proc = subprocess.Popen([sys.executable, "-m", "convo.cli", "chat"], stdin=subprocess.PIPE,
