@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import requests
@@ -788,18 +787,36 @@ class OpenAIService:
     def do(self, request: Request) -> Response:
         """Send ``request`` and return the whole reply.
 
+        Failed attempts are retried under the retry policy, including a
+        connection that drops while the reply's body is being read.
+
         Raises:
             ProviderError: a typed error (after retries), see :mod:`convo.errors`.
             Cancelled: ``Convo.cancel()`` stopped the call.
         """
         body = self._body(request, stream=False)
-        start = _now()
-        with abortable():
-            resp = self._post(body, stream=False)
-            try:
-                data = read_json(resp, PROVIDER)
-            finally:
-                resp.close()
+        token = current_token()
+        attempt = 0
+        while True:
+            attempt += 1
+            start = _now()
+            with abortable(token):
+                resp = self._post(body, stream=False)
+                try:
+                    data = read_json(resp, PROVIDER)
+                    break
+                except APIConnectionError as exc:
+                    # The connection dropped while the body was read (send()
+                    # has retried failures before the headers already).
+                    if not self.retry.should_retry(attempt, None):
+                        raise
+                    delay = self.retry.delay(attempt)
+                    log.info("retrying_request", provider=PROVIDER, attempt=attempt, delay=round(delay, 3),
+                             error=type(exc).__name__)
+                finally:
+                    resp.close()
+            if token.wait(delay):
+                token.raise_if_cancelled()
         request_id = request_id_of(resp.headers)
         try:
             response = from_wire(data, model=self.model, start_time=start, end_time=_now(), request_id=request_id)

@@ -578,6 +578,16 @@ class TestRetries:
         assert len(server.requests) == 2
         assert 0.25 <= elapsed < 4  # the server's 0.3 s, not the policy's 5 s
 
+    def test_body_cut_off_mid_way_is_retried(self):
+        text = json.dumps(body({"content": "whole"}))
+        cut = Reply(200, b"", {"content-type": "application/json"}, chunks=(text[:20], text[20:]), drop_after=1)
+        with ScriptedHTTPServer([cut, Reply(200, text, {"content-type": "application/json"})]) as server:
+            assert service(server).do(REQ).text() == "whole"
+        assert len(server.requests) == 2
+        with ScriptedHTTPServer([cut]) as server:
+            with pytest.raises(APIConnectionError):
+                service(server, retry=RetryPolicy.none()).do(REQ)
+
     def test_non_json_error_body(self):
         with ScriptedHTTPServer([Reply(502, "<html>Bad Gateway</html>", {"content-type": "text/html"})]) as server:
             with pytest.raises(ServerError) as info:

@@ -26,7 +26,7 @@ from convo import (
     ToolUse,
     Usage,
 )
-from convo.openai import OpenAIService, from_wire, to_wire
+from convo.openai import OpenAIService, to_wire
 from convo.service import BlockDone, TextDelta, ToolInputDelta, collect
 from tests.fixtures import load, recorded_files
 from tests.servers import Reply, ScriptedHTTPServer
