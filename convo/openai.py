@@ -64,6 +64,7 @@ from .service import BlockDone, StreamDone, StreamEvent, TextDelta, ThinkingDelt
 from .usage import Usage
 
 __all__ = [
+    "CONTEXT_WINDOWS",
     "DEFAULT_BASE_URL",
     "DEFAULT_MODEL",
     "OpenAIService",
@@ -72,6 +73,7 @@ __all__ = [
     "error_from_body",
     "from_wire",
     "to_wire",
+    "usage_from_wire",
 ]
 
 log = structlog.get_logger("convo")
@@ -406,13 +408,12 @@ def from_wire(
     if text:
         content.append(Text(text))
     calls = message.get("tool_calls") or []
-    for call in calls:
-        block = _tool_call_block(call)
-        content.append(block)
+    content.extend(_tool_call_block(call) for call in calls)
     if not calls and isinstance(message.get("function_call"), dict):
         # The legacy single function call, from servers that predate tool_calls.
         fc = message["function_call"]
-        content.append(ToolUse("function_call", fc.get("name") or "", _parse_arguments(fc.get("arguments"), fc.get("name") or "")))
+        name = fc.get("name") or ""
+        content.append(ToolUse("function_call", name, _parse_arguments(fc.get("arguments"), name)))
 
     has_calls = any(isinstance(b, ToolUse) for b in content)
     return Response(

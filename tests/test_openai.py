@@ -65,6 +65,17 @@ def body(message: dict, finish_reason: str | None = "stop", usage: dict | None =
             "usage": usage, **top}
 
 
+def tc(id: str | None, name: str | None, arguments: str | None, index: int | None = None) -> dict:
+    """One tool call as the wire spells it (parts left None are left out)."""
+    fn = {k: v for k, v in (("name", name), ("arguments", arguments)) if v is not None}
+    call: dict = {"type": "function", "function": fn}
+    if id is not None:
+        call["id"] = id
+    if index is not None:
+        call["index"] = index
+    return call
+
+
 def sse(*chunks: dict | str) -> str:
     """An event stream of these chunks, then [DONE]."""
     lines = [f"data: {c if isinstance(c, str) else json.dumps(c)}\n\n" for c in chunks]
@@ -124,7 +135,7 @@ class TestToWire:
         (wire,) = to_wire(Request([msg]), "m")["messages"]
         assert wire == {"role": "assistant", "content": "Let me look.", "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Ñuñoa"}'}},
+            tc("call_2", "get_weather", '{"city": "Ñuñoa"}'),
         ]}
 
     def test_assistant_with_only_tool_calls_has_empty_content(self):
@@ -271,7 +282,8 @@ class TestFromWire:
     def test_reasoning_content_becomes_a_thinking_block_first(self):
         response = from_wire(body({"content": "4", "reasoning_content": "2+2 is 4"}))
         assert response.content == (Thinking("2+2 is 4"), Text("4"))
-        assert from_wire(body({"content": "4", "reasoning": "openrouter says"})).content[0] == Thinking("openrouter says")
+        openrouter = from_wire(body({"content": "4", "reasoning": "openrouter says"}))
+        assert openrouter.content[0] == Thinking("openrouter says")
 
     def test_refusal(self):
         response = from_wire(body({"content": None, "refusal": "I can't help with that."}, "stop"))
@@ -429,7 +441,7 @@ class TestStreamAssembler:
         assert events[-1].response.usage == Usage()
 
     def test_truncated_arguments_at_max_tokens(self):
-        events = assemble([chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "t", "arguments": '{"a": "lo'}}]}),
+        events = assemble([chunk({"tool_calls": [tc("c", "t", '{"a": "lo', index=0)]}),
                            chunk({}, "length")])
         response = events[-1].response
         assert response.stop_reason == StopReason.MAX_TOKENS
@@ -447,15 +459,14 @@ class TestStreamAssembler:
     def test_equivalent_stream_and_body_give_equal_responses(self):
         """do() and stream() agree: reasoning, text, two calls, finish reason and cached usage."""
         message = {"content": "Two calls.", "reasoning_content": "plan",
-                   "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
-                                  {"id": "c2", "type": "function", "function": {"name": "noop", "arguments": ""}}]}
+                   "tool_calls": [tc("c1", "get_weather", '{"city": "Oslo"}'), tc("c2", "noop", "")]}
         whole = from_wire(body(message, "tool_calls", USAGE))
         streamed = assemble([
             chunk({"role": "assistant", "reasoning_content": "pl"}), chunk({"reasoning_content": "an"}),
             chunk({"content": "Two "}), chunk({"content": "calls."}),
-            chunk({"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": '}}]}),
+            chunk({"tool_calls": [tc("c1", "get_weather", '{"city": ', index=0)]}),
             chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]}),
-            chunk({"tool_calls": [{"index": 1, "id": "c2", "type": "function", "function": {"name": "noop", "arguments": ""}}]}),
+            chunk({"tool_calls": [tc("c2", "noop", "", index=1)]}),
             chunk({}, "tool_calls"), chunk(usage=USAGE, choices=False),
         ])[-1].response
         assert streamed == whole
@@ -741,7 +752,7 @@ class TestWithConvo:
             {"id": "call_bad", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Par'}}]},
             "tool_calls", {"prompt_tokens": 10, "completion_tokens": 5})
         good = body({"content": None, "tool_calls": [
-            {"id": "call_ok", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            tc("call_ok", "get_weather", '{"city": "Paris"}')]},
             "tool_calls", {"prompt_tokens": 20, "completion_tokens": 5})
         with ScriptedHTTPServer([Reply.json(bad), Reply.json(good), ok("It is sunny.")]) as server:
             convo = Convo(service(server), tools=[weather])
