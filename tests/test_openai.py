@@ -706,7 +706,7 @@ class TestStreaming:
 
     def test_cancel_wakes_a_stalled_do(self):
         token = CancelToken()
-        with ScriptedHTTPServer([Reply(200, "{}", stall=30)]) as s:
+        with ScriptedHTTPServer([Reply(200, "{}", stall=10)]) as s:
             timer = threading.Timer(0.3, token.cancel)
             timer.start()
             start = time.monotonic()
