@@ -43,7 +43,13 @@ from ._cancel import current_token
 from ._http import _shutdown, abortable, iter_body, new_session, read_json, request_id_of, send
 from ._retry import RetryPolicy
 from ._sse import iter_sse
-from .errors import APIConnectionError, ProviderError, ResponseFormatError, error_for_status
+from .errors import (
+    APIConnectionError,
+    MissingAPIKeyError,
+    ProviderError,
+    ResponseFormatError,
+    error_for_status,
+)
 from .messages import (
     Document,
     Image,
@@ -708,6 +714,10 @@ class OpenAIService:
             and ``max_tokens`` elsewhere (what llama.cpp, vLLM, Ollama, LM
             Studio and OpenRouter read).
 
+    Raises:
+        MissingAPIKeyError: no key is given or in the environment and the
+            base URL is OpenAI's own.
+
     Thread-safe: the service holds no per-call state, and its session's
     connection pool serves concurrent calls, so one instance may be shared
     by a Convo, its sub-convos and any number of threads.
@@ -733,6 +743,10 @@ class OpenAIService:
         self._api_key = _Secret(key) if key else None
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        host = urlsplit(self.base_url).hostname or ""
+        if self._api_key is None and host == "api.openai.com":
+            # Local servers need no key; OpenAI itself would answer 401 after a round trip.
+            raise MissingAPIKeyError("OPENAI_API_KEY", "OpenAI")
         self.max_tokens = max_tokens
         self.timeout = timeout
         self.retry = retry
@@ -741,7 +755,6 @@ class OpenAIService:
         self.extra_headers = dict(headers or {})
         self.context_window = context_window
         if max_tokens_field is None:
-            host = urlsplit(self.base_url).hostname or ""
             max_tokens_field = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
         self.max_tokens_field = max_tokens_field
         self._session = session if session is not None else new_session()

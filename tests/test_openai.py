@@ -19,6 +19,7 @@ from convo import (
     Image,
     InvalidRequestError,
     Message,
+    MissingAPIKeyError,
     ProviderError,
     RateLimitError,
     RawBlock,
@@ -522,13 +523,21 @@ class TestConfiguration:
         assert sent.headers["content-type"] == "application/json"
 
     def test_defaults(self, monkeypatch):
-        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        monkeypatch.setenv("OPENAI_API_KEY", SECRET)
         monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
         svc = OpenAIService()
         assert svc.base_url == "https://api.openai.com/v1"
         assert svc.model == "gpt-4o-mini"
         assert svc.max_tokens_field == "max_completion_tokens"
         assert OpenAIService(base_url="http://127.0.0.1:8080/v1").max_tokens_field == "max_tokens"
+
+    def test_openai_itself_needs_a_key(self, monkeypatch):
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+        with pytest.raises(MissingAPIKeyError) as info:
+            OpenAIService()
+        assert "OPENAI_API_KEY" in str(info.value) and isinstance(info.value, ValueError)
+        assert OpenAIService(base_url="http://127.0.0.1:11434/v1").token_context_window() == 128_000
 
     def test_no_key_sends_no_authorization_header(self, monkeypatch):
         """Local servers need no key."""
