@@ -86,13 +86,18 @@ _DEFAULT_PRICES: dict[str, Price] = {
     "gpt-4.1": _gpt("2", "8", "0.50"),
     "gpt-4.1-mini": _gpt("0.40", "1.60", "0.10"),
     "gpt-4.1-nano": _gpt("0.10", "0.40", "0.025"),
+    "gpt-5-pro": Price("15", "120"),
     "gpt-4o": _gpt("2.50", "10", "1.25"),
+    "gpt-4o-2024-05-13": Price("5", "15"),
+    "chatgpt-4o-latest": Price("5", "15"),
     "gpt-4o-mini": _gpt("0.15", "0.60", "0.075"),
     "gpt-4-turbo": _gpt("10", "30", "10"),
     "gpt-3.5-turbo": _gpt("0.50", "1.50", "0.50"),
     "o1": _gpt("15", "60", "7.50"),
     "o1-mini": _gpt("1.10", "4.40", "0.55"),
+    "o1-pro": Price("150", "600"),
     "o3": _gpt("2", "8", "0.50"),
+    "o3-pro": Price("20", "80"),
     "o3-mini": _gpt("1.10", "4.40", "0.55"),
     "o4-mini": _gpt("1.10", "4.40", "0.275"),
 }
@@ -113,16 +118,26 @@ class PriceTable:
             self._prices[model] = price
 
     def lookup(self, model: str) -> Price | None:
-        """The price of ``model``, or None if no known name or prefix matches."""
+        """The price of ``model``, or None if no known name or prefix matches.
+
+        A router's ``vendor/model`` name (OpenRouter's ``openai/gpt-4o``) is
+        priced as ``model`` when the full name has no price of its own.
+        """
         with self._lock:
-            price = self._prices.get(model)
-            if price is not None:
-                return price
-            best = ""
-            for name in self._prices:
-                if model.startswith(name) and len(name) > len(best) and _at_boundary(model, name):
-                    best = name
-            return self._prices[best] if best else None
+            price = self._lookup(model)
+            if price is None and "/" in model:
+                price = self._lookup(model.rsplit("/", 1)[1])
+            return price
+
+    def _lookup(self, model: str) -> Price | None:
+        price = self._prices.get(model)
+        if price is not None:
+            return price
+        best = ""
+        for name in self._prices:
+            if model.startswith(name) and len(name) > len(best) and _at_boundary(model, name):
+                best = name
+        return self._prices[best] if best else None
 
     def cost(self, model: str, usage: Usage) -> Decimal | None:
         """The dollar cost of ``usage`` on ``model``, or None if the model is unpriced."""

@@ -77,6 +77,14 @@ class TestPricing:
         assert PRICES.lookup("o1-mini").input == Decimal("1.10")
         assert PRICES.lookup("o1x") is None
         assert PRICES.lookup("totally-unknown") is None
+        # a dated snapshot or a pro tier is not priced as its cheaper family
+        assert PRICES.lookup("gpt-4o-2024-05-13").input == Decimal("5")
+        assert PRICES.lookup("o3-pro-2025-06-10").output == Decimal("80")
+
+    def test_router_names_are_priced_as_the_model(self):
+        assert PRICES.lookup("openai/gpt-4o-mini") == PRICES.lookup("gpt-4o-mini")
+        assert PRICES.lookup("anthropic/claude-sonnet-4-5") == PRICES.lookup("claude-sonnet-4-5")
+        assert PRICES.lookup("someone/unknown") is None
 
     def test_override(self):
         table = PriceTable()
