@@ -132,6 +132,10 @@ class Tool:
 
     def validation_errors(self, tool_input: Any) -> list[str]:
         """Why ``tool_input`` does not match the schema (empty if it does)."""
+        if isinstance(tool_input, str):
+            # A provider keeps arguments it could not parse as the raw text (see convo.openai).
+            snippet = tool_input if len(tool_input) <= 200 else tool_input[:200] + "..."
+            return [f"input must be a JSON object; the arguments sent were not valid JSON: {snippet!r}"]
         if not isinstance(tool_input, dict):
             return [f"input must be a JSON object, got {type(tool_input).__name__}"]
         errors = sorted(self._validator.iter_errors(tool_input), key=lambda e: list(e.absolute_path))

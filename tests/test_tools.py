@@ -73,6 +73,8 @@ class TestToolDecorator:
         assert any("'query' is a required property" in e for e in errors)
         assert any(e.startswith("limit:") for e in errors)
         assert search.validation_errors(["not", "a", "dict"]) == ["input must be a JSON object, got list"]
+        assert search.validation_errors('{"query": "unterminated') == [
+            "input must be a JSON object; the arguments sent were not valid JSON: '{\"query\": \"unterminated'"]
 
     def test_untyped_parameter_is_a_definition_error(self):
         with pytest.raises(ToolDefinitionError, match="parameter 'x' needs a type hint"):
