@@ -266,8 +266,11 @@ def bench_per_turn(url: str, server: ServerProcess, quick: bool) -> dict:
         factories["convo"] = convo_factory
         factories["convo, structlog unconfigured"] = lambda: convo_factory(default_logs)
     rounds, per_round = (4, 10) if quick else (20, 25)
-    raw = interleaved(factories, rounds=rounds, per_round=per_round, warmup=5 if quick else 30)
-    conn.close()
+    try:
+        raw = interleaved(factories, rounds=rounds, per_round=per_round, warmup=5 if quick else 30)
+    finally:
+        quiet_logs()  # the unconfigured row must not leak into the other benchmarks
+        conn.close()
     return {"unit": "seconds per turn", "body_bytes": len(data),
             "results": {name: summary(s) for name, s in raw.items()}}
 
@@ -321,12 +324,15 @@ def bench_tools(url: str, quick: bool) -> dict:
         service = convo_service(url)
         convo_tool = tool(sleepy_tool)
         factories["convo"] = lambda: (lambda c=new_convo(service, tools=[convo_tool]): c.run(TOOLS_PROMPT))
-    samples: dict[str, list[float]] = {}
-    for name, factory in factories.items():
+    for factory in factories.values():
         factory()()  # warm up
-        n = 2 if quick else (3 if "SDK" in name else 7)
-        samples[name] = []
-        for _ in range(n):
+    # Round-robin, so that load from elsewhere on the machine hits every client alike.
+    rounds = 2 if quick else 9
+    samples: dict[str, list[float]] = {name: [] for name in factories}
+    for i in range(rounds):
+        for name, factory in factories.items():
+            if "SDK" in name and i % 3:  # it runs tools one by one: 1.6 s a turn, a third as many samples
+                continue
             turn = factory()
             t0 = time.perf_counter()
             turn()
@@ -754,10 +760,10 @@ def report(results: dict) -> str:
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         lines.append("")
         lines.append(title)
-        lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        lines.append(("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths))).rstrip())
         lines.append("  " + "  ".join("-" * w for w in widths))
         for r in rows:
-            lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+            lines.append(("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths))).rstrip())
 
     sec = results.get("per_turn")
     if sec:
