@@ -8,7 +8,6 @@ obeyed as the official SDKs do.
 
 from __future__ import annotations
 
-import email.utils
 import random
 import time
 from typing import Mapping
@@ -124,6 +123,8 @@ def _server_delay(headers: Mapping[str, str]) -> float | None:
         return float(value)
     except ValueError:
         pass
+    import email.utils  # deferred: only HTTP-date retry-after values need it
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

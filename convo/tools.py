@@ -35,7 +35,6 @@ import types
 import typing
 from typing import Any, Callable, Literal, Union
 
-import jsonschema
 from attrs import field, frozen
 
 from .errors import ToolDefinitionError
@@ -86,6 +85,8 @@ def _check_schema(instance, attribute, value):
         raise ToolDefinitionError(
             f"tool {instance.name!r}: input_schema must be a JSON Schema object with \"type\": \"object\""
         )
+    import jsonschema  # deferred: a fifth of convo's import time, needed only once tools exist
+
     try:
         jsonschema.Draft202012Validator.check_schema(value)
     except jsonschema.SchemaError as exc:
@@ -121,10 +122,7 @@ class Tool:
                                validator=_check_schema)
     run: Callable[[dict], Any] = field(default=None, validator=_check_run, repr=False)
     ends_turn: bool = False
-    _validator: Any = field(init=False, repr=False, eq=False)
-
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_validator", jsonschema.Draft202012Validator(self.input_schema))
+    _validator: Any = field(init=False, default=None, repr=False, eq=False)
 
     def spec(self) -> ToolSpec:
         """What the model is told about this tool."""
@@ -138,7 +136,14 @@ class Tool:
             return [f"input must be a JSON object; the arguments sent were not valid JSON: {snippet!r}"]
         if not isinstance(tool_input, dict):
             return [f"input must be a JSON object, got {type(tool_input).__name__}"]
-        errors = sorted(self._validator.iter_errors(tool_input), key=lambda e: list(e.absolute_path))
+        validator = self._validator
+        if validator is None:
+            import jsonschema
+
+            # Built on first use; a race builds two identical validators, which is harmless.
+            validator = jsonschema.Draft202012Validator(self.input_schema)
+            object.__setattr__(self, "_validator", validator)
+        errors = sorted(validator.iter_errors(tool_input), key=lambda e: list(e.absolute_path))
         out = []
         for e in errors:
             where = "/".join(str(p) for p in e.absolute_path)

@@ -1,0 +1,71 @@
+"""The HTTP seam: proxies and CA settings from the environment, looked up once per origin."""
+
+from __future__ import annotations
+
+import pytest
+
+from convo import RetryPolicy, _http
+from convo.errors import ProviderError
+from tests.servers import Reply, ScriptedHTTPServer
+
+
+def get(session, url: str):
+    resp = _http.send(session, url, None, headers={}, timeout=5, retry=RetryPolicy.none(), method="GET",
+                      error_from_response=lambda r: ProviderError("bad", status_code=r.status_code))
+    resp.close()
+    return resp
+
+
+@pytest.fixture
+def clean_proxy_env(monkeypatch):
+    for name in _http._ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+class TestEnvironmentSettings:
+    def test_proxy_from_environment_then_no_proxy_then_unset(self, clean_proxy_env):
+        """The cached lookup follows every change of the variables that matter."""
+        monkeypatch = clean_proxy_env
+        ok = Reply(200, "ok")
+        with ScriptedHTTPServer(default=ok) as proxy, ScriptedHTTPServer(default=ok) as target:
+            session = _http.new_session()
+            url = target.url + "/v1/thing"
+
+            get(session, url)
+            assert len(target.requests) == 1 and not proxy.requests
+
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            get(session, url)
+            # a proxy is sent the absolute URL
+            assert [r.path for r in proxy.requests] == [url]
+
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            get(session, url)
+            assert len(target.requests) == 2 and len(proxy.requests) == 1
+
+            monkeypatch.delenv("NO_PROXY")
+            get(session, url)
+            assert len(proxy.requests) == 2
+
+            monkeypatch.delenv("HTTP_PROXY")
+            get(session, url)
+            assert len(target.requests) == 3 and len(proxy.requests) == 2
+
+    def test_ca_bundle_from_environment_matches_requests(self, clean_proxy_env, tmp_path):
+        import requests
+
+        bundle = tmp_path / "ca.pem"
+        bundle.write_text("")
+        clean_proxy_env.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        ours = _http.new_session().merge_environment_settings("https://api.example.invalid/x", {}, None, None, None)
+        theirs = requests.Session().merge_environment_settings("https://api.example.invalid/x", {}, None, None, None)
+        assert ours == theirs and ours["verify"] == str(bundle)
+
+    def test_trust_env_off_ignores_the_environment(self, clean_proxy_env):
+        clean_proxy_env.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        with ScriptedHTTPServer(default=Reply(200, "ok")) as target:
+            session = _http.new_session()
+            session.trust_env = False
+            get(session, target.url + "/x")
+            assert len(target.requests) == 1
