@@ -22,6 +22,7 @@ Thread safety, in one place:
 from __future__ import annotations
 
 import contextvars
+from functools import partial
 import json
 import secrets
 import threading
@@ -59,6 +60,7 @@ from .messages import (
 )
 from .pricing import PRICES, PriceTable
 from .service import Service, StreamDone, StreamEvent
+from ._workers import TOOL_WORKERS
 from .tools import DoNotRespond, Tool, ToolCallInfo, ToolOut, _current_call, to_content
 from .usage import CumulativeUsage, Usage, _to_decimal
 
@@ -560,9 +562,7 @@ class Convo:
             limit = threading.BoundedSemaphore(self.max_tool_workers or len(calls))
             for call in calls:
                 ctx = contextvars.copy_context()
-                thread = threading.Thread(target=ctx.run, args=(self._run_tool, call, limit),
-                                          name=f"convo-tool-{call.tool_use.name}", daemon=True)
-                thread.start()
+                TOOL_WORKERS.submit(partial(ctx.run, self._run_tool, call, limit))
             results: list[ToolResult] = []
             for call in calls:
                 call.settled.wait()

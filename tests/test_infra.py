@@ -106,3 +106,43 @@ class TestCancelToken:
         with cancel_scope(token):
             assert current_token() is token
         assert current_token() is not token
+
+
+class TestWorkers:
+    def test_reuses_idle_threads_and_grows_when_busy(self):
+        from convo._workers import Workers
+
+        pool = Workers(idle_timeout=5)
+        seen: list[int] = []
+        done = threading.Event()
+        pool.submit(lambda: (seen.append(threading.get_ident()), done.set()))
+        assert done.wait(2)
+        deadline = time.monotonic() + 2
+        while pool.idle != 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        done.clear()
+        pool.submit(lambda: (seen.append(threading.get_ident()), done.set()))
+        assert done.wait(2)
+        assert seen[0] == seen[1]  # the idle worker took it
+
+        # a blocked task never makes another wait: the pool grows
+        gate = threading.Event()
+        ran = threading.Event()
+        pool.submit(gate.wait)
+        pool.submit(ran.set)
+        assert ran.wait(2)
+        gate.set()
+
+    def test_idle_workers_exit_and_claimed_tasks_still_run(self):
+        from convo._workers import Workers
+
+        pool = Workers(idle_timeout=0.01)
+        results = []
+        for i in range(200):  # submits racing the idle timeout must all run
+            ev = threading.Event()
+            pool.submit(lambda i=i, ev=ev: (results.append(i), ev.set()))
+            assert ev.wait(2), f"task {i} was lost"
+            time.sleep(0.0005 * (i % 30))
+        assert results == list(range(200))
+        time.sleep(0.1)
+        assert pool.idle == 0
