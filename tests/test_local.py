@@ -520,16 +520,19 @@ class TestThreads:
         assert service.do(ask("Hi", max_tokens=2)).text() is not None  # the lock was released
 
     def test_lazy_load_happens_once_across_threads(self):
+        from structlog.testing import capture_logs
+
         svc = LocalService(n_ctx=256)
-        threads = [threading.Thread(target=svc.load) for _ in range(4)]
-        for t in threads:
-            t.start()
-        loaded = []
-        for t in threads:
-            t.join(60)
-        loaded.append(svc._loaded)
-        svc.load()
-        assert svc._loaded is loaded[0] and svc.load_seconds > 0
+        with capture_logs() as logs:
+            threads = [threading.Thread(target=svc.load) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            svc.load()
+            svc.do(ask("Hi", max_tokens=1))
+        assert [e["event"] for e in logs if e["event"] == "local_model_loaded"] == ["local_model_loaded"]
+        assert svc.load_seconds > 0
 
     def test_too_long_prompt_is_an_invalid_request(self):
         svc = LocalService(n_ctx=64)
