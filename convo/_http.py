@@ -188,12 +188,19 @@ def send(
     stream: bool = False,
     method: str = "POST",
     provider: str = "",
+    first_attempt: int = 1,
+    on_attempt: Callable[[int], None] | None = None,
 ) -> requests.Response:
     """POST ``body`` as JSON and return the first successful response.
 
     Retries what ``retry`` allows; the wait between attempts ends early, with
     :class:`~convo.errors.Cancelled`, when the current token fires. Must be
     called inside :func:`abortable` for an in-flight request to be abortable.
+
+    ``first_attempt`` numbers the attempts of a call that already made some
+    (a stream retried after its connection dropped), so that ``retry``
+    counts and backs off over the whole call; ``on_attempt`` is told each
+    attempt's number as it starts.
 
     Raises:
         ProviderError: a typed error for an error status (after retries).
@@ -202,10 +209,12 @@ def send(
     """
     token = current_token()
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8") if body is not None else None
-    attempt = 0
+    attempt = first_attempt - 1
     while True:
         attempt += 1
         token.raise_if_cancelled()
+        if on_attempt is not None:
+            on_attempt(attempt)
         try:
             resp = session.request(method, url, data=data, headers=headers, timeout=timeout, stream=stream)
         except requests.exceptions.RequestException as exc:

@@ -737,14 +737,14 @@ class AnthropicService:
             headers["anthropic-beta"] = ",".join(self.betas)
         return headers
 
-    def _send(self, path: str, body: dict, *, stream: bool, retry: RetryPolicy | None = None) -> requests.Response:
+    def _send(self, path: str, body: dict, *, stream: bool, **attempts: Any) -> requests.Response:
         headers = self._headers()
         if stream:
             headers["accept"] = "text/event-stream"
         return _http.send(
             self._session, self.base_url + path, body, headers=headers, timeout=self.timeout,
-            retry=retry or self.retry, error_from_response=_error_from_response, stream=stream,
-            provider=PROVIDER,
+            retry=self.retry, error_from_response=_error_from_response, stream=stream,
+            provider=PROVIDER, **attempts,
         )
 
     def _isolated(self, body: dict) -> Iterator[StreamEvent]:
@@ -769,12 +769,16 @@ class AnthropicService:
         start = _now()
         log.debug("anthropic_request", model=body["model"], stream=True, messages=len(body["messages"]))
         attempt = 0
+
+        def note(n: int) -> None:
+            nonlocal attempt
+            attempt = n
+
         with _http.abortable(token):
             while True:
-                attempt += 1
-                # A retry after a dropped stream uses up attempts of the same policy.
-                policy = attrs.evolve(self.retry, max_attempts=max(1, self.retry.max_attempts - attempt + 1))
-                resp = self._send("/v1/messages", body, stream=True, retry=policy)
+                # Attempts are counted over the whole call: a retry after a
+                # dropped stream uses up the same policy's attempts.
+                resp = self._send("/v1/messages", body, stream=True, first_attempt=attempt + 1, on_attempt=note)
                 request_id = _http.request_id_of(resp.headers)
                 assembler = _Assembler(request_id)
                 received = 0
