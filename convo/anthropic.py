@@ -61,7 +61,6 @@ from .errors import (
 from .messages import (
     Document,
     Image,
-    Message,
     RawBlock,
     RedactedThinking,
     Request,

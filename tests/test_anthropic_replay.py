@@ -26,7 +26,6 @@ from convo.messages import (
     RedactedThinking,
     Request,
     Response,
-    Role,
     StopReason,
     Text,
     Thinking,

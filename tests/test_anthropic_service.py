@@ -18,7 +18,7 @@ from convo.messages import Message, Request, Text, ThinkingConfig, ToolSpec
 from convo.service import StreamDone, TextDelta
 from tests import messages_server as ms
 from tests.servers import Reply, ScriptedHTTPServer, closed_port
-from tests.test_anthropic_replay import exchange, reply_for, sse_from_message
+from tests.test_anthropic_replay import sse_from_message
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.05, jitter=0)
 SECRET = "sk-ant-test-SECRET-1234"
@@ -466,7 +466,10 @@ class TestSecrets:
         assert [type(e) for e in raised] == [errors.AuthenticationError, errors.OverloadedError,
                                              errors.ResponseFormatError, errors.APIConnectionError]
         assert server.requests[0].headers["x-api-key"] == SECRET  # it is used...
+        from convo import Convo
+
         texts = s_repr + [str(e) for e in raised] + [repr(e) for e in raised] + [repr(e.args) for e in raised]
+        texts += [Convo(s).debug_json(), repr(Convo(s))]
         texts += [json.dumps(entry, default=repr) for entry in logs]
         assert logs and texts
         for text in texts:  # ...and never shown
