@@ -130,6 +130,17 @@ class _Handler(BaseHTTPRequestHandler):
 Script = Iterable["Reply | Callable[[Recorded], Reply]"]
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # Clients that hang up early (cancellation and fault tests do it on
+        # purpose) are normal here, not tracebacks in another test's output.
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class ScriptedHTTPServer:
     """A threaded HTTP server on 127.0.0.1 playing back replies in order.
 
@@ -142,7 +153,7 @@ class ScriptedHTTPServer:
         self._script = list(script)
         self.default = default
         self.requests: list[Recorded] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd = _QuietHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
