@@ -35,6 +35,7 @@ Where the API is odd, and what convo does about it:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import os
@@ -652,19 +653,18 @@ class AnthropicService:
         """
         body = self.to_wire(request)
         start = _now()
-        log.debug("anthropic_request", model=body["model"], stream=False, messages=len(body["messages"]))
-        with _http.abortable():
+        with self._scrubbing(), _http.abortable():
             resp = self._send("/v1/messages", body, stream=False)
             try:
                 data = _http.read_json(resp, PROVIDER)
             finally:
                 resp.close()
-        request_id = _http.request_id_of(resp.headers)
-        try:
-            response = from_wire(data)
-        except ResponseFormatError as exc:
-            exc.request_id = exc.request_id or request_id
-            raise
+            request_id = _http.request_id_of(resp.headers)
+            try:
+                response = from_wire(data)
+            except ResponseFormatError as exc:
+                exc.request_id = exc.request_id or request_id
+                raise
         response = attrs.evolve(response, start_time=start, end_time=_now())
         self._log_response(response, request_id)
         return response
@@ -702,16 +702,16 @@ class AnthropicService:
             ProviderError: a typed error from the API, after retries.
         """
         body = _count_tokens_body(request, model=self.model, thinking=self.thinking)
-        with _http.abortable():
+        with self._scrubbing(), _http.abortable():
             resp = self._send("/v1/messages/count_tokens", body, stream=False)
             try:
                 data = _http.read_json(resp, PROVIDER)
             finally:
                 resp.close()
-        count = data.get("input_tokens") if isinstance(data, dict) else None
-        if not isinstance(count, int):
-            raise ResponseFormatError(f"count_tokens answered without input_tokens: {_snippet(data)}",
-                                      status_code=resp.status_code, request_id=_http.request_id_of(resp.headers))
+            count = data.get("input_tokens") if isinstance(data, dict) else None
+            if not isinstance(count, int):
+                raise ResponseFormatError(f"count_tokens answered without input_tokens: {_snippet(data)}",
+                                          status_code=resp.status_code, request_id=_http.request_id_of(resp.headers))
         return count
 
     def to_wire(self, request: Request, *, stream: bool = False) -> dict:
@@ -766,14 +766,13 @@ class AnthropicService:
     def _stream(self, body: dict) -> Iterator[StreamEvent]:
         token = current_token()
         start = _now()
-        log.debug("anthropic_request", model=body["model"], stream=True, messages=len(body["messages"]))
         attempt = 0
 
         def note(n: int) -> None:
             nonlocal attempt
             attempt = n
 
-        with _http.abortable(token):
+        with self._scrubbing(), _http.abortable(token):
             while True:
                 # Attempts are counted over the whole call: a retry after a
                 # dropped stream uses up the same policy's attempts.
@@ -810,9 +809,27 @@ class AnthropicService:
                 yield StreamDone(response)
                 return
 
+    @contextlib.contextmanager
+    def _scrubbing(self) -> Iterator[None]:
+        # Anthropic never echoes the key, but a proxy or gateway at base_url
+        # might, in an error message or in a body quoted by a format error.
+        # The error is cleaned in place and its chain cut (a JSONDecodeError
+        # there holds the whole body), so nothing reachable from it keeps the key.
+        try:
+            yield
+        except ProviderError as err:
+            key = self._api_key.reveal()
+            if key in repr(err) or key in str(err):
+                err.message = err.message.replace(key, "<redacted>")
+                if err.request_id:
+                    err.request_id = err.request_id.replace(key, "<redacted>")
+                err.args = (err.message,)
+                err.__cause__ = err.__context__ = None
+            raise
+
     def _log_response(self, response: Response, request_id: str | None) -> None:
         u = response.usage
-        log.debug("anthropic_response", id=response.id, model=response.model, stop_reason=str(response.stop_reason),
-                  input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+        log.debug("model_response", provider=PROVIDER, model=response.model, response_id=response.id,
+                  stop_reason=str(response.stop_reason), input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                   cache_creation_input_tokens=u.cache_creation_input_tokens,
                   cache_read_input_tokens=u.cache_read_input_tokens, request_id=request_id)

@@ -476,6 +476,26 @@ class TestSecrets:
             assert SECRET not in text and "SECRET-1234" not in text
 
 
+    @pytest.mark.parametrize("reply", [
+        Reply.json({"type": "error", "error": {"type": "authentication_error",
+                                               "message": f"invalid x-api-key: {SECRET}"}}, 401),
+        Reply(200, f"<html>bad key {SECRET}</html>", {"content-type": "application/json"}),
+        Reply.sse("event: message_start\ndata: " + json.dumps({"type": "message_start", "message": {
+            "id": "m", "model": "x", "content": [], "usage": {}}}) + "\n\nevent: error\ndata: " + json.dumps(
+            {"type": "error", "error": {"type": "api_error", "message": f"proxy: key {SECRET} refused"}}) + "\n\n"),
+    ], ids=["status", "format", "stream-event"])
+    def test_a_key_echoed_by_a_proxy_is_redacted(self, reply):
+        streaming = reply.headers["content-type"] == "text/event-stream"
+        with ScriptedHTTPServer([reply]) as server:
+            s = svc(server.url, retry=RetryPolicy.none())
+            with pytest.raises(errors.ProviderError) as info:
+                collect(s.stream(req())) if streaming else s.do(req())
+        e = info.value
+        assert "<redacted>" in e.message
+        for text in (str(e), repr(e), repr(e.args), repr(e.__cause__), repr(e.__context__)):
+            assert SECRET not in text
+
+
 class TestThreads:
     def test_one_service_many_threads(self):
         with ScriptedHTTPServer(default=ms.answer) as server:
