@@ -603,8 +603,9 @@ class AnthropicService:
         MissingAPIKeyError: no ``api_key`` and ``ANTHROPIC_API_KEY`` is unset.
 
     Thread-safe: one service (and its one connection pool) may be shared by
-    any number of threads, convos and sub-convos. Its settings are fixed at
-    construction. The API key never appears in its repr, in errors or in logs.
+    any number of threads, convos and sub-convos; treat its settings as fixed
+    once it is in use, and call :meth:`close` only when no call is running.
+    The API key never appears in its repr, in errors or in logs.
     """
 
     def __init__(
