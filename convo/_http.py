@@ -122,6 +122,23 @@ class _Session(requests.Session):
         }
 
 
+class Secret:
+    """An API key that never shows itself in a repr, a str, a traceback's locals or a log."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
 def new_session(pool_maxsize: int = 64) -> requests.Session:
     """A ``requests.Session`` whose in-flight requests :func:`abortable` can abort.
 
@@ -243,6 +260,47 @@ def send(
                      status_code=resp.status_code, request_id=err.request_id)
         if token.wait(delay):
             raise Cancelled(token.reason or "cancelled")
+
+
+class Attempts:
+    """The attempt count of one logical call whose reply body may drop and be retried.
+
+    :func:`send` retries failures up to the response headers; a body that
+    drops before anything of it was used is worth retrying too, from the
+    same budget. Pass ``**attempts.send_kwargs()`` to every :func:`send` of
+    the call and call :meth:`after_drop` when a body drops: it waits and
+    returns if another attempt is allowed, or raises. Not thread-safe: one
+    per call.
+    """
+
+    __slots__ = ("retry", "count")
+
+    def __init__(self, retry: RetryPolicy) -> None:
+        self.retry = retry
+        self.count = 0
+
+    def _note(self, n: int) -> None:
+        self.count = n
+
+    def send_kwargs(self) -> dict:
+        return {"first_attempt": self.count + 1, "on_attempt": self._note}
+
+    def after_drop(self, exc: APIConnectionError, *, provider: str = "", request_id: str | None = None) -> None:
+        """Wait before the next attempt after ``exc``; raise ``exc`` if the budget is spent.
+
+        Raises:
+            APIConnectionError: ``exc``, when no attempt is left.
+            Cancelled: the current cancel token fired during the wait.
+        """
+        exc.request_id = exc.request_id or request_id
+        if not self.retry.should_retry(self.count, None):
+            raise exc
+        delay = self.retry.delay(self.count)
+        log.info("retrying_request", provider=provider, attempt=self.count, delay=round(delay, 3),
+                 error=type(exc).__name__, request_id=request_id, reason="body_dropped")
+        token = current_token()
+        if token.wait(delay):
+            raise Cancelled(token.reason or "cancelled") from None
 
 
 def connection_error(exc: BaseException, provider: str = "") -> APIConnectionError:

@@ -52,7 +52,6 @@ from ._retry import RetryPolicy
 from ._sse import SSEEvent, iter_sse
 from .errors import (
     APIConnectionError,
-    Cancelled,
     ConfigurationError,
     MissingAPIKeyError,
     ProviderError,
@@ -562,23 +561,6 @@ def stream_events(events: Iterable[SSEEvent], request_id: str | None = None) -> 
 
 # --- the service ------------------------------------------------------------------------
 
-class _Secret:
-    """A string that never shows itself in a repr, a traceback's locals or a log."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<secret>"
-
-    __str__ = __repr__
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -627,7 +609,7 @@ class AnthropicService:
             raise MissingAPIKeyError(ENV_VAR, "Anthropic")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ConfigurationError(f"max_tokens must be a positive int, got {max_tokens!r}")
-        self._api_key = _Secret(key)
+        self._api_key = _http.Secret(key)
         self.model = model
         self.max_tokens = max_tokens
         self.base_url = base_url.rstrip("/")
@@ -767,17 +749,12 @@ class AnthropicService:
     def _stream(self, body: dict) -> Iterator[StreamEvent]:
         token = current_token()
         start = _now()
-        attempt = 0
-
-        def note(n: int) -> None:
-            nonlocal attempt
-            attempt = n
-
+        attempts = _http.Attempts(self.retry)
         with self._scrubbing(), _http.abortable(token):
             while True:
                 # Attempts are counted over the whole call: a retry after a
                 # dropped stream uses up the same policy's attempts.
-                resp = self._send("/v1/messages", body, stream=True, first_attempt=attempt + 1, on_attempt=note)
+                resp = self._send("/v1/messages", body, stream=True, **attempts.send_kwargs())
                 request_id = _http.request_id_of(resp.headers)
                 assembler = _Assembler(request_id)
                 received = 0
@@ -793,16 +770,9 @@ class AnthropicService:
                         elif received:  # after the first event a retry could repeat what was yielded
                             exc.request_id = exc.request_id or request_id
                             raise
-                        elif self.retry.should_retry(attempt, None):
-                            delay = self.retry.delay(attempt)
-                            log.info("retrying_stream", provider=PROVIDER, attempt=attempt,
-                                     delay=round(delay, 3), error=type(exc).__name__, request_id=request_id)
-                            if token.wait(delay):
-                                raise Cancelled(token.reason or "cancelled") from None
-                            continue
                         else:
-                            exc.request_id = exc.request_id or request_id
-                            raise
+                            attempts.after_drop(exc, provider=PROVIDER, request_id=request_id)
+                            continue
                 finally:
                     resp.close()
                 response = attrs.evolve(assembler.finish(), start_time=start, end_time=_now())

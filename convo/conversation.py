@@ -51,7 +51,6 @@ from .messages import (
     Request,
     Response,
     Role,
-    StopReason,
     Text,
     ThinkingConfig,
     ToolChoice,

@@ -40,7 +40,7 @@ import requests
 import structlog
 
 from ._cancel import current_token
-from ._http import _shutdown, abortable, iter_body, new_session, read_json, request_id_of, send
+from ._http import Attempts, Secret, _shutdown, abortable, iter_body, new_session, read_json, request_id_of, send
 from ._retry import RetryPolicy
 from ._sse import iter_sse
 from .errors import (
@@ -657,23 +657,6 @@ class StreamAssembler:
 # --- the service ------------------------------------------------------------------------
 
 
-class _Secret:
-    """An API key that never shows itself in a repr, str or debug dump."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<secret>"
-
-    __str__ = __repr__
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -740,7 +723,7 @@ class OpenAIService:
         max_tokens_field: str | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self._api_key = _Secret(key) if key else None
+        self._api_key = Secret(key) if key else None
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         host = urlsplit(self.base_url).hostname or ""
@@ -793,10 +776,10 @@ class OpenAIService:
         return type(err)(err.message.replace(key, "<redacted>"), status_code=err.status_code,
                          error_type=err.error_type, request_id=err.request_id)
 
-    def _post(self, body: dict, stream: bool) -> requests.Response:
+    def _post(self, body: dict, stream: bool, attempts: Attempts) -> requests.Response:
         return send(self._session, self._url, body, headers=self._headers(), timeout=self.timeout,
                     retry=self.retry, error_from_response=lambda r: self._scrub(_error_from_response(r)),
-                    stream=stream, provider=PROVIDER)
+                    stream=stream, provider=PROVIDER, **attempts.send_kwargs())
 
     def do(self, request: Request) -> Response:
         """Send ``request`` and return the whole reply.
@@ -810,27 +793,21 @@ class OpenAIService:
         """
         body = self._body(request, stream=False)
         token = current_token()
-        attempt = 0
+        attempts = Attempts(self.retry)
         while True:
-            attempt += 1
             start = _now()
             with abortable(token):
-                resp = self._post(body, stream=False)
+                resp = self._post(body, False, attempts)
                 try:
                     data = read_json(resp, PROVIDER)
                     break
                 except APIConnectionError as exc:
                     # The connection dropped while the body was read (send()
                     # has retried failures before the headers already).
-                    if not self.retry.should_retry(attempt, None):
-                        raise
-                    delay = self.retry.delay(attempt)
-                    log.info("retrying_request", provider=PROVIDER, attempt=attempt, delay=round(delay, 3),
-                             error=type(exc).__name__)
+                    drop = exc
                 finally:
                     resp.close()
-            if token.wait(delay):
-                token.raise_if_cancelled()
+            attempts.after_drop(drop, provider=PROVIDER, request_id=request_id_of(resp.headers))
         request_id = request_id_of(resp.headers)
         try:
             response = from_wire(data, model=self.model, start_time=start, end_time=_now(), request_id=request_id)
@@ -853,12 +830,11 @@ class OpenAIService:
         """
         body = self._body(request, stream=True)
         token = current_token()
-        attempt = 0
+        attempts = Attempts(self.retry)
         while True:
-            attempt += 1
             start = _now()
             with abortable(token):
-                resp = self._post(body, stream=True)
+                resp = self._post(body, True, attempts)
             conn = _connection_of(resp)
             yielded = False
             try:
@@ -873,15 +849,12 @@ class OpenAIService:
                         yield event
                 return
             except APIConnectionError as exc:
-                if yielded or not self.retry.should_retry(attempt, None):
+                if yielded:
                     raise
-                delay = self.retry.delay(attempt)
-                log.info("retrying_request", provider=PROVIDER, attempt=attempt, delay=round(delay, 3),
-                         error=type(exc).__name__)
+                drop = exc
             finally:
                 resp.close()
-            if token.wait(delay):
-                token.raise_if_cancelled()
+            attempts.after_drop(drop, provider=PROVIDER, request_id=request_id_of(resp.headers))
 
     def _events(self, resp: requests.Response, assembler: StreamAssembler) -> Iterator[StreamEvent]:
         request_id = request_id_of(resp.headers)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 from decimal import Decimal
 
-import attrs
 from attrs import field, frozen
 
 from .usage import Usage, _to_decimal

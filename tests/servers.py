@@ -19,8 +19,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
 
-import attrs
-from attrs import define, field, frozen
+from attrs import field, frozen
 
 
 @frozen

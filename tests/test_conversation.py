@@ -26,7 +26,6 @@ from convo import (
     TextDelta,
     Tool,
     ToolOut,
-    ToolResult,
     ToolUse,
     UnknownToolUseError,
     Usage,

@@ -21,6 +21,7 @@ from convo import (
     Message,
     MissingAPIKeyError,
     ProviderError,
+    OverloadedError,
     RateLimitError,
     RawBlock,
     RedactedThinking,
@@ -689,6 +690,22 @@ class TestStreaming:
         with ScriptedHTTPServer([dropped] * 3) as server:
             with pytest.raises(APIConnectionError):
                 list(service(server).stream(REQ))
+        assert len(server.requests) == 3
+
+    @pytest.mark.parametrize("streaming", [True, False])
+    def test_drops_and_error_statuses_share_one_attempt_budget(self, streaming):
+        """529, a dropped body, 529: three attempts in all for max_attempts=3, then the last error."""
+        overloaded = Reply.json({"error": {"message": "busy", "type": "overloaded"}}, 529)
+        if streaming:
+            dropped = Reply.sse(STREAM[:30], chunk_size=30, drop_after=1)
+        else:
+            text = json.dumps(body({"content": "whole"}))
+            dropped = Reply(200, b"", {"content-type": "application/json"}, chunks=(text[:20], text[20:]),
+                            drop_after=1)
+        with ScriptedHTTPServer([overloaded, dropped, overloaded], default=Reply.sse(STREAM)) as server:
+            svc = service(server, retry=RetryPolicy(max_attempts=3, initial_delay=0.01))
+            with pytest.raises(OverloadedError):
+                list(svc.stream(REQ)) if streaming else svc.do(REQ)
         assert len(server.requests) == 3
 
     def test_http_error_before_the_stream(self):

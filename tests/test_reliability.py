@@ -28,7 +28,6 @@ from convo import (
     Message,
     RetryPolicy,
     Tool,
-    ToolOut,
     Usage,
     tool,
     tool_call_info,
