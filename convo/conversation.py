@@ -51,6 +51,7 @@ from .messages import (
     Request,
     Response,
     Role,
+    StopReason,
     Text,
     ThinkingConfig,
     ToolChoice,
@@ -138,7 +139,8 @@ class Convo:
         listener: sees every request, response and tool event, at every depth.
         prompt_caching: mark the system prompt and the newest message for
             provider-side prompt caching.
-        tool_use_only: force the model to call a tool every turn.
+        tool_use_only: force the model to call a tool every turn (not with
+            ``thinking``: the Messages API refuses forced tool use then).
         hidden: a flag for user interfaces (e.g. hide sub-agent chatter).
         extra_data: anything you want to keep with the conversation.
         max_tool_workers: cap on tools run at once (default: all of a turn's).
@@ -197,6 +199,11 @@ class Convo:
             raise ConfigurationError(f"budget must be a convo.Budget, got {type(self.budget).__name__}")
         if self.max_tool_workers is not None and self.max_tool_workers < 1:
             raise ConfigurationError("max_tool_workers must be at least 1")
+        if self.thinking is not None and self.tool_use_only:
+            raise ConfigurationError(
+                "tool_use_only forces a tool call, which the Messages API refuses while extended thinking is on; "
+                "drop one of thinking= and tool_use_only=True"
+            )
 
     @staticmethod
     def _check_tools(tools: Iterable[Any]) -> None:
@@ -538,7 +545,9 @@ class Convo:
         order they finish in. An unknown tool, input that fails the tool's
         schema, a tool that raises or returns something unsendable: each
         gives an error result the model can read. A tool that raises
-        :class:`~convo.DoNotRespond` gives no result. A call cancelled with
+        :class:`~convo.DoNotRespond` gives no result. When the reply stopped
+        at ``max_tokens``, its last call's input may be cut short, so that
+        call does not run and gets an error result saying so. A call cancelled with
         :meth:`cancel_tool_use` or :meth:`cancel` returns an error result at
         once; its thread is left to finish and its late result is dropped.
 
@@ -551,6 +560,15 @@ class Convo:
             return [], False
         by_name = {t.name: t for t in self.tools}
         calls = [_ToolCall(tu, by_name.get(tu.name), ToolCallInfo(tu.id, self)) for tu in tool_uses]
+        if response.stop_reason == StopReason.MAX_TOKENS:
+            # The reply was cut off while the model wrote its last call: that
+            # input is partial (providers keep it as {}), and running a tool on
+            # a truncated argument list is never safe.
+            cut = calls[-1]
+            cut.settle(ToolResult(cut.tool_use.id,
+                                  f"your call to {cut.tool_use.name!r} was cut off by the max_tokens limit before "
+                                  "its input was complete, so it did not run; call it again with shorter input",
+                                  is_error=True, start_time=cut.start_time, end_time=cut.start_time))
         with self._lock:
             for call in calls:
                 self._running[call.tool_use.id] = call
@@ -560,6 +578,8 @@ class Convo:
                 _listeners.notify(self.listener, "on_tool_call", self, call.tool_use)
             limit = threading.BoundedSemaphore(self.max_tool_workers or len(calls))
             for call in calls:
+                if call.settled.is_set():
+                    continue
                 ctx = contextvars.copy_context()
                 TOOL_WORKERS.submit(partial(ctx.run, self._run_tool, call, limit))
             results: list[ToolResult] = []

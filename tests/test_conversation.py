@@ -151,6 +151,11 @@ class TestSend:
         with pytest.raises(convo.ConfigurationError, match="Service protocol"):
             Convo(object())  # type: ignore[arg-type]
 
+    def test_thinking_with_tool_use_only_is_refused(self):
+        with pytest.raises(convo.ConfigurationError, match="extended thinking"):
+            Convo(ScriptedService(), tools=[add], tool_use_only=True,
+                  thinking=convo.ThinkingConfig(budget_tokens=1024))
+
     def test_rejects_duplicate_and_non_tool_tools(self):
         with pytest.raises(convo.ToolDefinitionError, match="two tools"):
             Convo(ScriptedService(), tools=[add, add])
@@ -298,6 +303,18 @@ class TestTools:
                   tools=[hand_off, add])
         results, _ = c.tool_result_contents(c.send_user_text_message("x"))
         assert [r.tool_use_id for r in results] == ["t2"]
+
+    def test_call_cut_off_by_max_tokens_does_not_run(self):
+        ran = []
+        t = Tool("record", run=lambda inp: ran.append(inp) or "ran")
+        cut = reply(tool_uses=[ToolUse("t1", "record", {"a": 1}), ToolUse("t2", "record", {})],
+                    stop_reason="max_tokens")
+        c = Convo(ScriptedService([cut]), tools=[t])
+        results, _ = c.tool_result_contents(c.send_user_text_message("x"))
+        assert ran == [{"a": 1}]
+        assert [r.tool_use_id for r in results] == ["t1", "t2"]
+        assert not results[0].is_error
+        assert results[1].is_error and "cut off by the max_tokens limit" in results[1].text()
 
     def test_ends_turn(self):
         done = Tool("done", "finish", run=lambda inp: "bye", ends_turn=True)
