@@ -337,6 +337,23 @@ def iter_body(resp: requests.Response, provider: str = "") -> Iterator[bytes]:
         raise Cancelled(token.reason or "cancelled")
 
 
+def post_json(session: requests.Session, url: str, body: Any, *, provider: str = "",
+              **send_kwargs: Any) -> tuple[Any, requests.Response]:
+    """POST ``body`` and return the reply's parsed JSON and the (closed) response.
+
+    The whole body is read inside :func:`send` (requests does so when not
+    streaming), so a connection that drops mid-body is retried there like any
+    other connection error, from the same budget. Abortable by the current
+    cancel token throughout.
+    """
+    with abortable():
+        resp = send(session, url, body, stream=False, provider=provider, **send_kwargs)
+        try:
+            return read_json(resp, provider), resp
+        finally:
+            resp.close()
+
+
 def read_json(resp: requests.Response, provider: str = "") -> Any:
     """The body of a JSON response, with typed errors for a dropped or malformed body."""
     raw = b"".join(iter_body(resp, provider))

@@ -636,12 +636,8 @@ class AnthropicService:
         """
         body = self.to_wire(request)
         start = _now()
-        with self._scrubbing(), _http.abortable():
-            resp = self._send("/v1/messages", body, stream=False)
-            try:
-                data = _http.read_json(resp, PROVIDER)
-            finally:
-                resp.close()
+        with self._scrubbing():
+            data, resp = self._post_json("/v1/messages", body)
             request_id = _http.request_id_of(resp.headers)
             try:
                 response = from_wire(data)
@@ -685,12 +681,8 @@ class AnthropicService:
             ProviderError: a typed error from the API, after retries.
         """
         body = _count_tokens_body(request, model=self.model, thinking=self.thinking)
-        with self._scrubbing(), _http.abortable():
-            resp = self._send("/v1/messages/count_tokens", body, stream=False)
-            try:
-                data = _http.read_json(resp, PROVIDER)
-            finally:
-                resp.close()
+        with self._scrubbing():
+            data, resp = self._post_json("/v1/messages/count_tokens", body)
             count = data.get("input_tokens") if isinstance(data, dict) else None
             if not isinstance(count, int):
                 raise ResponseFormatError(f"count_tokens answered without input_tokens: {_snippet(data)}",
@@ -728,6 +720,11 @@ class AnthropicService:
             retry=self.retry, error_from_response=_error_from_response, stream=stream,
             provider=PROVIDER, **attempts,
         )
+
+    def _post_json(self, path: str, body: dict) -> tuple[Any, requests.Response]:
+        return _http.post_json(self._session, self.base_url + path, body, headers=self._headers(),
+                               timeout=self.timeout, retry=self.retry, error_from_response=_error_from_response,
+                               provider=PROVIDER)
 
     def _isolated(self, body: dict) -> Iterator[StreamEvent]:
         # The stream runs in its own copy of the caller's context, entered only

@@ -40,7 +40,17 @@ import requests
 import structlog
 
 from ._cancel import current_token
-from ._http import Attempts, Secret, _shutdown, abortable, iter_body, new_session, read_json, request_id_of, send
+from ._http import (
+    Attempts,
+    Secret,
+    _shutdown,
+    abortable,
+    iter_body,
+    new_session,
+    post_json,
+    request_id_of,
+    send,
+)
 from ._retry import RetryPolicy
 from ._sse import iter_sse
 from .errors import (
@@ -776,9 +786,12 @@ class OpenAIService:
         return type(err)(err.message.replace(key, "<redacted>"), status_code=err.status_code,
                          error_type=err.error_type, request_id=err.request_id)
 
+    def _error_from_response(self, resp: requests.Response) -> ProviderError:
+        return self._scrub(_error_from_response(resp))
+
     def _post(self, body: dict, stream: bool, attempts: Attempts) -> requests.Response:
         return send(self._session, self._url, body, headers=self._headers(), timeout=self.timeout,
-                    retry=self.retry, error_from_response=lambda r: self._scrub(_error_from_response(r)),
+                    retry=self.retry, error_from_response=self._error_from_response,
                     stream=stream, provider=PROVIDER, **attempts.send_kwargs())
 
     def do(self, request: Request) -> Response:
@@ -792,22 +805,9 @@ class OpenAIService:
             Cancelled: ``Convo.cancel()`` stopped the call.
         """
         body = self._body(request, stream=False)
-        token = current_token()
-        attempts = Attempts(self.retry)
-        while True:
-            start = _now()
-            with abortable(token):
-                resp = self._post(body, False, attempts)
-                try:
-                    data = read_json(resp, PROVIDER)
-                    break
-                except APIConnectionError as exc:
-                    # The connection dropped while the body was read (send()
-                    # has retried failures before the headers already).
-                    drop = exc
-                finally:
-                    resp.close()
-            attempts.after_drop(drop, provider=PROVIDER, request_id=request_id_of(resp.headers))
+        start = _now()
+        data, resp = post_json(self._session, self._url, body, headers=self._headers(), timeout=self.timeout,
+                               retry=self.retry, error_from_response=self._error_from_response, provider=PROVIDER)
         request_id = request_id_of(resp.headers)
         try:
             response = from_wire(data, model=self.model, start_time=start, end_time=_now(), request_id=request_id)

@@ -69,3 +69,27 @@ class TestEnvironmentSettings:
             session.trust_env = False
             get(session, target.url + "/x")
             assert len(target.requests) == 1
+
+
+class TestPostJson:
+    def test_body_dropped_mid_way_is_retried_from_the_same_budget(self):
+        text = '{"answer": 42, "padding": "' + "x" * 200 + '"}'
+        cut = Reply(200, b"", {"content-type": "application/json"}, chunks=(text[:30], text[30:]), drop_after=1)
+        whole = Reply(200, text, {"content-type": "application/json"})
+        kwargs = dict(headers={}, timeout=5, error_from_response=lambda r: ProviderError("bad"))
+        with ScriptedHTTPServer([cut, whole]) as server:
+            data, resp = _http.post_json(_http.new_session(), server.url, {"q": 1},
+                                         retry=RetryPolicy(max_attempts=2, initial_delay=0.01), **kwargs)
+        assert data["answer"] == 42 and resp.status_code == 200
+        assert len(server.requests) == 2
+        with ScriptedHTTPServer([cut, cut, whole]) as server:
+            with pytest.raises(_http.APIConnectionError):
+                _http.post_json(_http.new_session(), server.url, {"q": 1},
+                                retry=RetryPolicy(max_attempts=2, initial_delay=0.01), **kwargs)
+        assert len(server.requests) == 2
+
+    def test_malformed_json_is_a_format_error(self):
+        with ScriptedHTTPServer([Reply(200, '{"cut": ', {"content-type": "application/json"})]) as server:
+            with pytest.raises(_http.ResponseFormatError, match="not JSON"):
+                _http.post_json(_http.new_session(), server.url, {}, headers={}, timeout=5,
+                                retry=RetryPolicy.none(), error_from_response=lambda r: ProviderError("bad"))
