@@ -576,6 +576,8 @@ class Convo:
             for call in calls:
                 self._record_tool_use(call.tool_use.name)
                 _listeners.notify(self.listener, "on_tool_call", self, call.tool_use)
+                if call.settled.is_set():  # decided without running (cut off): the audit trail still sees it
+                    _listeners.notify(self.listener, "on_tool_result", self, call.tool_use, call.result, None)
             limit = threading.BoundedSemaphore(self.max_tool_workers or len(calls))
             for call in calls:
                 if call.settled.is_set():

@@ -309,8 +309,10 @@ class TestTools:
         t = Tool("record", run=lambda inp: ran.append(inp) or "ran")
         cut = reply(tool_uses=[ToolUse("t1", "record", {"a": 1}), ToolUse("t2", "record", {})],
                     stop_reason="max_tokens")
-        c = Convo(ScriptedService([cut]), tools=[t])
+        rec = RecordingListener()
+        c = Convo(ScriptedService([cut]), tools=[t], listener=rec)
         results, _ = c.tool_result_contents(c.send_user_text_message("x"))
+        assert sorted(e.args[0].id for e in rec.of("tool_result")) == ["t1", "t2"]
         assert ran == [{"a": 1}]
         assert [r.tool_use_id for r in results] == ["t1", "t2"]
         assert not results[0].is_error
