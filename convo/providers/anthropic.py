@@ -1,7 +1,7 @@
 """Claude through the Anthropic Messages API.
 
 :class:`AnthropicService` speaks ``POST /v1/messages`` over the shared HTTP
-seam (:mod:`convo._http`), either as one JSON reply (``do``) or as a
+seam (:mod:`convo.providers._http`), either as one JSON reply (``do``) or as a
 Server-Sent Events stream (``stream``). The rest of this module is small
 pure functions, tested on recorded real traffic:
 
@@ -35,22 +35,18 @@ Where the API is odd, and what convo does about it:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
-import os
-from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping
 
 import attrs
 import requests
-import structlog
 
 from . import _http
-from ._cancel import current_token
+from .._log import log
+from .._time import now
 from ._retry import RetryPolicy
 from ._sse import SSEEvent, iter_sse
-from .errors import (
+from ..errors import (
     APIConnectionError,
     ConfigurationError,
     MissingAPIKeyError,
@@ -58,7 +54,7 @@ from .errors import (
     ResponseFormatError,
     error_for_status,
 )
-from .messages import (
+from ..messages import (
     Document,
     Image,
     RawBlock,
@@ -73,8 +69,16 @@ from .messages import (
     ToolSpec,
     ToolUse,
 )
-from .service import BlockDone, StreamDone, StreamEvent, TextDelta, ThinkingDelta, ToolInputDelta
-from .usage import Usage
+from ..service import (
+    BlockDone,
+    StreamDone,
+    StreamEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolInputDelta,
+    UsageUpdate,
+)
+from ..usage import Usage
 
 __all__ = [
     "API_VERSION",
@@ -87,10 +91,9 @@ __all__ = [
     "usage_from_wire",
 ]
 
-log = structlog.get_logger("convo")
-
 PROVIDER = "anthropic"
 ENV_VAR = "ANTHROPIC_API_KEY"
+BASE_URL_ENV_VAR = "ANTHROPIC_BASE_URL"
 API_VERSION = "2023-06-01"
 DEFAULT_MODEL = "claude-sonnet-4-5"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -284,7 +287,7 @@ def from_wire(body: Any) -> Response:
         ResponseFormatError: the body is not a message.
     """
     if not isinstance(body, dict) or not isinstance(body.get("content"), list) or "id" not in body:
-        raise ResponseFormatError(f"Anthropic sent something that is not a message: {_snippet(body)}")
+        raise ResponseFormatError(f"Anthropic sent something that is not a message: {_http.snippet(body)}")
     try:
         return Response(
             id=str(body["id"]),
@@ -295,7 +298,8 @@ def from_wire(body: Any) -> Response:
             usage=usage_from_wire(body.get("usage") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise ResponseFormatError(f"Anthropic sent a message convo cannot read ({exc!r}): {_snippet(body)}") from None
+        raise ResponseFormatError(
+            f"Anthropic sent a message convo cannot read ({exc!r}): {_http.snippet(body)}") from None
 
 
 def block_from_wire(block: dict) -> Any:
@@ -339,14 +343,9 @@ def _count(d: Mapping[str, Any], key: str) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
-def _snippet(value: Any, limit: int = 200) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 # --- errors ------------------------------------------------------------------------
 
-def error_from_body(status: int | None, body: Any, request_id: str | None = None) -> ProviderError:
+def error_from_body(status: int | None, body: Any, *, request_id: str | None = None) -> ProviderError:
     """The typed error for an Anthropic error body ``{"type": "error", "error": {...}}``.
 
     ``status`` None is an ``error`` event inside a 200 stream. A body that is
@@ -362,16 +361,8 @@ def error_from_body(status: int | None, body: Any, request_id: str | None = None
     elif body in (None, ""):
         message = "the response had no body"
     else:
-        message = f"unexpected error body: {_snippet(body)}"
+        message = f"unexpected error body: {_http.snippet(body)}"
     return error_for_status(status, message, error_type=error_type, request_id=request_id)
-
-
-def _error_from_response(resp: requests.Response) -> ProviderError:
-    try:
-        body: Any = resp.json()
-    except ValueError:
-        body = resp.text
-    return error_from_body(resp.status_code, body, _http.request_id_of(resp.headers))
 
 
 # --- streaming: SSE -> events ------------------------------------------------------
@@ -399,9 +390,10 @@ class _Assembler:
             return []
         if kind == "error":
             body = data if isinstance(data, dict) else None
-            raise error_from_body(None, body, self.request_id)
+            raise error_from_body(None, body, request_id=self.request_id)
         if not isinstance(data, dict):
-            raise ResponseFormatError(f"Anthropic sent a {kind} event whose data is not an object: {_snippet(data)}",
+            raise ResponseFormatError(f"Anthropic sent a {kind} event whose data is not an object: "
+                                      f"{_http.snippet(data)}",
                                       request_id=self.request_id)
         if kind == "message_start":
             message = data.get("message")
@@ -409,7 +401,7 @@ class _Assembler:
                 raise self._format_error("message_start without a message", data)
             self.message = dict(message)
             self.message["usage"] = dict(message.get("usage") or {})
-            return []
+            return [UsageUpdate(usage_from_wire(self.message["usage"]))]
         if kind == "content_block_start":
             return self._block_start(data)
         if kind == "content_block_delta":
@@ -426,8 +418,9 @@ class _Assembler:
                 message.update(delta)
             usage = data.get("usage")
             if isinstance(usage, dict):
-                # message_delta carries the final counts; keep message_start's where it is silent.
+                # message_delta carries the counts so far; keep message_start's where it is silent.
                 message["usage"].update({k: v for k, v in usage.items() if v is not None})
+                return [UsageUpdate(usage_from_wire(message["usage"]))]
             return []
         if kind == "message_stop":
             self._require_message(data)
@@ -451,12 +444,12 @@ class _Assembler:
             return json.loads(sse.data) if sse.data.strip() else {}
         except ValueError as exc:
             raise ResponseFormatError(
-                f"Anthropic sent a {sse.event} event whose data is not JSON ({exc}): {_snippet(sse.data)}",
+                f"Anthropic sent a {sse.event} event whose data is not JSON ({exc}): {_http.snippet(sse.data)}",
                 request_id=self.request_id,
             ) from None
 
     def _format_error(self, what: str, data: Any) -> ResponseFormatError:
-        return ResponseFormatError(f"Anthropic stream: {what}: {_snippet(data)}", request_id=self.request_id)
+        return ResponseFormatError(f"Anthropic stream: {what}: {_http.snippet(data)}", request_id=self.request_id)
 
     def _require_message(self, data: dict) -> dict:
         if self.message is None:
@@ -547,7 +540,9 @@ def stream_events(events: Iterable[SSEEvent], request_id: str | None = None) -> 
     """Convo stream events for a Messages API event stream, :class:`StreamDone` last.
 
     ``ping`` and unknown events are skipped; an ``error`` event raises its
-    typed :class:`~convo.ProviderError`.
+    typed :class:`~convo.ProviderError`. :class:`~convo.service.UsageUpdate`
+    reports the usage so far when ``message_start`` arrives and whenever a
+    ``message_delta`` carries usage, summed as the final response's usage is.
 
     Raises:
         ProviderError: the stream carried an ``error`` event.
@@ -561,20 +556,19 @@ def stream_events(events: Iterable[SSEEvent], request_id: str | None = None) -> 
 
 # --- the service ------------------------------------------------------------------------
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
-
-class AnthropicService:
+class AnthropicService(_http.SessionOwner):
     """Claude through the Anthropic Messages API.
 
     Args:
-        api_key: the API key; by default the ``ANTHROPIC_API_KEY`` environment variable.
         model: the model name or alias, e.g. ``"claude-sonnet-4-5"``.
+        api_key: the API key; by default the ``ANTHROPIC_API_KEY`` environment variable.
         max_tokens: output tokens per reply, unless a request sets its own.
-        base_url: the API's address, for proxies and gateways.
-        session: a ``requests.Session`` to use; by default one built by
-            ``convo._http`` whose in-flight requests ``Convo.cancel()`` can abort.
+        base_url: the API's address, for proxies and gateways; by default
+            ``ANTHROPIC_BASE_URL`` (as the official SDK reads it), else Anthropic's.
+        session: a ``requests.Session`` to use (and to leave open on
+            :meth:`close`); by default one built by ``convo.providers._http``
+            whose in-flight requests ``Convo.cancel()`` can abort.
         timeout: seconds to connect and to wait for each read, as requests takes it.
         retry: how transient failures (429, 5xx, 529, dropped connections) are retried.
         betas: beta feature names, sent in the ``anthropic-beta`` header.
@@ -586,17 +580,18 @@ class AnthropicService:
 
     Thread-safe: one service (and its one connection pool) may be shared by
     any number of threads, convos and sub-convos; treat its settings as fixed
-    once it is in use, and call :meth:`close` only when no call is running.
-    The API key never appears in its repr, in errors or in logs.
+    once it is in use, and call :meth:`close` (or leave its ``with`` block)
+    only when no call is running. The API key never appears in its repr, in
+    errors (nor their tracebacks' locals and chains) or in logs.
     """
 
     def __init__(
         self,
-        api_key: str | None = None,
-        *,
         model: str = DEFAULT_MODEL,
+        *,
+        api_key: str | None = None,
         max_tokens: int = 8192,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         session: requests.Session | None = None,
         timeout: float | tuple = (10.0, 600.0),
         retry: RetryPolicy = RetryPolicy(),
@@ -604,21 +599,21 @@ class AnthropicService:
         thinking: ThinkingConfig | None = None,
         context_window: int | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get(ENV_VAR, "")
-        if not key:
+        self._api_key = _http.Secret.given_or_from_env(api_key, ENV_VAR)
+        del api_key  # only the Secret holds the key now, not this frame's locals
+        if self._api_key is None:
             raise MissingAPIKeyError(ENV_VAR, "Anthropic")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ConfigurationError(f"max_tokens must be a positive int, got {max_tokens!r}")
-        self._api_key = _http.Secret(key)
         self.model = model
         self.max_tokens = max_tokens
-        self.base_url = base_url.rstrip("/")
+        self.base_url = (base_url or _http.environ(BASE_URL_ENV_VAR) or DEFAULT_BASE_URL).rstrip("/")
         self.timeout = timeout
         self.retry = retry
         self.betas = tuple(betas)
         self.thinking = thinking
         self._context_window = context_window
-        self._session = session if session is not None else _http.new_session()
+        self._use_session(session)
 
     def __repr__(self) -> str:
         extra = f", betas={self.betas!r}" if self.betas else ""
@@ -634,19 +629,7 @@ class AnthropicService:
             ProviderError: a typed error from the API, after retries.
             Cancelled: the current cancel token fired.
         """
-        body = self.to_wire(request)
-        start = _now()
-        with self._scrubbing():
-            data, resp = self._post_json("/v1/messages", body)
-            request_id = _http.request_id_of(resp.headers)
-            try:
-                response = from_wire(data)
-            except ResponseFormatError as exc:
-                exc.request_id = exc.request_id or request_id
-                raise
-        response = attrs.evolve(response, start_time=start, end_time=_now())
-        self._log_response(response, request_id)
-        return response
+        return _http.scrubbed(self._api_key, self._do, self.to_wire(request))
 
     def stream(self, request: Request) -> Iterator[StreamEvent]:
         """Send ``request`` and yield events as they arrive; the last is :class:`StreamDone`.
@@ -654,7 +637,9 @@ class AnthropicService:
         The request is sent when iteration starts, under the cancel token
         current then. A stream is retried (as ``retry`` allows) only until
         its first event arrives; a failure after that is raised. Close the
-        iterator (or drain it) to release the connection.
+        iterator (or drain it) to release the connection; it may be closed
+        from any thread. :class:`~convo.service.UsageUpdate` events report
+        the usage so far, at the start of the message and as it ends.
 
         Raises:
             ProviderError: a typed error from the API or inside the stream.
@@ -662,7 +647,7 @@ class AnthropicService:
             Cancelled: the current cancel token fired.
         """
         body = self.to_wire(request, stream=True)
-        return self._isolated(body)
+        return _http.scrubbed_events(self._api_key, self._stream(body))
 
     def token_context_window(self) -> int:
         """How many tokens the model attends to: 200k, or 1M for models that opted into the 1M beta."""
@@ -681,123 +666,65 @@ class AnthropicService:
             ProviderError: a typed error from the API, after retries.
         """
         body = _count_tokens_body(request, model=self.model, thinking=self.thinking)
-        with self._scrubbing():
-            data, resp = self._post_json("/v1/messages/count_tokens", body)
-            count = data.get("input_tokens") if isinstance(data, dict) else None
-            if not isinstance(count, int):
-                raise ResponseFormatError(f"count_tokens answered without input_tokens: {_snippet(data)}",
-                                          status_code=resp.status_code, request_id=_http.request_id_of(resp.headers))
-        return count
+        return _http.scrubbed(self._api_key, self._count_tokens, body)
 
     def to_wire(self, request: Request, *, stream: bool = False) -> dict:
         """The JSON body this service would send for ``request``."""
         return to_wire(request, model=self.model, max_tokens=self.max_tokens, stream=stream,
                        thinking=self.thinking)
 
-    def close(self) -> None:
-        """Close the connection pool. The service must not be used afterwards."""
-        self._session.close()
-
     # --- internals
 
-    def _headers(self) -> dict:
+    def _send_kwargs(self, *, stream: bool = False) -> dict:
         headers = {
-            "x-api-key": self._api_key.reveal(),
+            "x-api-key": self._api_key.header(),
             "anthropic-version": API_VERSION,
             "content-type": "application/json",
-            "accept": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
         }
         if self.betas:
             headers["anthropic-beta"] = ",".join(self.betas)
-        return headers
+        return {"headers": headers, "timeout": self.timeout, "retry": self.retry,
+                "error_from_body": error_from_body, "provider": PROVIDER}
 
-    def _send(self, path: str, body: dict, *, stream: bool, **attempts: Any) -> requests.Response:
-        headers = self._headers()
-        if stream:
-            headers["accept"] = "text/event-stream"
-        return _http.send(
-            self._session, self.base_url + path, body, headers=headers, timeout=self.timeout,
-            retry=self.retry, error_from_response=_error_from_response, stream=stream,
-            provider=PROVIDER, **attempts,
-        )
-
-    def _post_json(self, path: str, body: dict) -> tuple[Any, requests.Response]:
-        return _http.post_json(self._session, self.base_url + path, body, headers=self._headers(),
-                               timeout=self.timeout, retry=self.retry, error_from_response=_error_from_response,
-                               provider=PROVIDER)
-
-    def _isolated(self, body: dict) -> Iterator[StreamEvent]:
-        # The stream runs in its own copy of the caller's context, entered only
-        # while it works: its cancel scope and connection tracking never leak
-        # into the caller's code between events, and it can be closed from any
-        # thread.
-        ctx = contextvars.copy_context()
-        inner = self._stream(body)
+    def _do(self, body: dict) -> Response:
+        start = now()
+        data, resp = _http.post_json(self._session, self.base_url + "/v1/messages", body, **self._send_kwargs())
+        request_id = _http.request_id_of(resp.headers)
         try:
-            while True:
-                try:
-                    event = ctx.run(next, inner)
-                except StopIteration:
-                    return
-                yield event
-        finally:
-            ctx.run(inner.close)
+            response = from_wire(data)
+        except ResponseFormatError as exc:
+            exc.request_id = exc.request_id or request_id
+            raise
+        response = attrs.evolve(response, start_time=start, end_time=now())
+        _http.log_response(PROVIDER, response, request_id)
+        return response
+
+    def _count_tokens(self, body: dict) -> int:
+        data, resp = _http.post_json(self._session, self.base_url + "/v1/messages/count_tokens", body,
+                                     **self._send_kwargs())
+        count = data.get("input_tokens") if isinstance(data, dict) else None
+        if not isinstance(count, int):
+            raise ResponseFormatError(f"count_tokens answered without input_tokens: {_http.snippet(data)}",
+                                      status_code=resp.status_code, request_id=_http.request_id_of(resp.headers))
+        return count
 
     def _stream(self, body: dict) -> Iterator[StreamEvent]:
-        token = current_token()
-        start = _now()
-        attempts = _http.Attempts(self.retry)
-        with self._scrubbing(), _http.abortable(token):
-            while True:
-                # Attempts are counted over the whole call: a retry after a
-                # dropped stream uses up the same policy's attempts.
-                resp = self._send("/v1/messages", body, stream=True, **attempts.send_kwargs())
-                request_id = _http.request_id_of(resp.headers)
-                assembler = _Assembler(request_id)
-                received = 0
-                try:
-                    try:
-                        for sse in iter_sse(_http.iter_body(resp, PROVIDER)):
-                            received += 1
-                            for event in assembler.feed(sse):
-                                yield event
-                    except APIConnectionError as exc:
-                        if assembler.stopped:
-                            pass  # the message is complete; only the stream's tail was lost
-                        elif received:  # after the first event a retry could repeat what was yielded
-                            exc.request_id = exc.request_id or request_id
-                            raise
-                        else:
-                            attempts.after_drop(exc, provider=PROVIDER, request_id=request_id)
-                            continue
-                finally:
-                    resp.close()
-                response = attrs.evolve(assembler.finish(), start_time=start, end_time=_now())
-                self._log_response(response, request_id)
-                yield StreamDone(response)
-                return
+        start = now()
 
-    @contextlib.contextmanager
-    def _scrubbing(self) -> Iterator[None]:
-        # Anthropic never echoes the key, but a proxy or gateway at base_url
-        # might, in an error message or in a body quoted by a format error.
-        # The error is cleaned in place and its chain cut (a JSONDecodeError
-        # there holds the whole body), so nothing reachable from it keeps the key.
-        try:
-            yield
-        except ProviderError as err:
-            key = self._api_key.reveal()
-            if key in repr(err) or key in str(err):
-                err.message = err.message.replace(key, "<redacted>")
-                if err.request_id:
-                    err.request_id = err.request_id.replace(key, "<redacted>")
-                err.args = (err.message,)
-                err.__cause__ = err.__context__ = None
-            raise
+        def read(resp: requests.Response) -> Iterator[StreamEvent]:
+            request_id = _http.request_id_of(resp.headers)
+            assembler = _Assembler(request_id)
+            try:
+                for sse in iter_sse(_http.iter_body(resp, PROVIDER)):
+                    yield from assembler.feed(sse)
+            except APIConnectionError:
+                if not assembler.stopped:
+                    raise
+                # the message is complete; only the stream's tail was lost
+            response = attrs.evolve(assembler.finish(), start_time=start, end_time=now())
+            _http.log_response(PROVIDER, response, request_id)
+            yield StreamDone(response)
 
-    def _log_response(self, response: Response, request_id: str | None) -> None:
-        u = response.usage
-        log.debug("model_response", provider=PROVIDER, model=response.model, response_id=response.id,
-                  stop_reason=str(response.stop_reason), input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                  cache_creation_input_tokens=u.cache_creation_input_tokens,
-                  cache_read_input_tokens=u.cache_read_input_tokens, request_id=request_id)
+        yield from _http.stream(self._session, self.base_url + "/v1/messages", body, read=read,
+                                **self._send_kwargs(stream=True))

@@ -14,6 +14,8 @@ from typing import Mapping
 
 from attrs import field, frozen
 
+from ..errors import ConfigurationError
+
 __all__ = ["RETRY_STATUSES", "RetryPolicy"]
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -25,7 +27,7 @@ _MAX_SERVER_DELAY = 60.0
 
 def _positive(instance, attribute, value):
     if value < 0:
-        raise ValueError(f"RetryPolicy.{attribute.name} must be >= 0, got {value!r}")
+        raise ConfigurationError(f"RetryPolicy.{attribute.name} must be >= 0, got {value!r}")
 
 
 @frozen
@@ -56,9 +58,9 @@ class RetryPolicy:
 
     def __attrs_post_init__(self):
         if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+            raise ConfigurationError("RetryPolicy.max_attempts must be at least 1")
         if self.jitter > 1:
-            raise ValueError("RetryPolicy.jitter must be between 0 and 1")
+            raise ConfigurationError("RetryPolicy.jitter must be between 0 and 1")
 
     @classmethod
     def none(cls) -> "RetryPolicy":

@@ -31,36 +31,17 @@ makes a documented choice:
 from __future__ import annotations
 
 import json
-import os
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import requests
-import structlog
 
-from ._cancel import current_token
-from ._http import (
-    Attempts,
-    Secret,
-    _shutdown,
-    abortable,
-    iter_body,
-    new_session,
-    post_json,
-    request_id_of,
-    send,
-)
-from ._retry import RetryPolicy
-from ._sse import iter_sse
-from .errors import (
-    APIConnectionError,
-    MissingAPIKeyError,
-    ProviderError,
-    ResponseFormatError,
-    error_for_status,
-)
-from .messages import (
+from . import _http
+from .._log import log
+from .._time import now
+from ..errors import MissingAPIKeyError, ProviderError, ResponseFormatError, error_for_status
+from ..messages import (
     Document,
     Image,
     Message,
@@ -76,8 +57,19 @@ from .messages import (
     ToolSpec,
     ToolUse,
 )
-from .service import BlockDone, StreamDone, StreamEvent, TextDelta, ThinkingDelta, ToolInputDelta
-from .usage import Usage
+from ..pricing import lookup_model
+from ..service import (
+    BlockDone,
+    StreamDone,
+    StreamEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolInputDelta,
+    UsageUpdate,
+)
+from ..usage import Usage
+from ._retry import RetryPolicy
+from ._sse import iter_sse
 
 __all__ = [
     "CONTEXT_WINDOWS",
@@ -92,32 +84,46 @@ __all__ = [
     "usage_from_wire",
 ]
 
-log = structlog.get_logger("convo")
-
 PROVIDER = "openai"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 
 # --- context windows ---------------------------------------------------------
 
-# Tokens each model family attends to, input and output together, from
-# OpenAI's model pages. Looked up by the longest prefix ending at a separator,
-# so "gpt-4o-2024-08-06" is a "gpt-4o". Names a router prefixes with a vendor
-# ("openai/gpt-4o") are looked up without it. Anything unknown, local models
-# included, gets _DEFAULT_CONTEXT_WINDOW: pass context_window= to be exact.
+# Tokens each model attends to, input and output together, from OpenAI's
+# model pages. Looked up by convo.pricing.lookup_model, the one rule for
+# per-model tables: the exact name, a dated snapshot of it
+# ("gpt-4o-2024-08-06" is a "gpt-4o"), or a router's "openai/gpt-4o".
+# Anything else, local models included, gets _DEFAULT_CONTEXT_WINDOW: pass
+# context_window= to be exact.
 CONTEXT_WINDOWS: dict[str, int] = {
     "gpt-5": 400_000,
+    "gpt-5-mini": 400_000,
+    "gpt-5-nano": 400_000,
+    "gpt-5-pro": 400_000,
+    "gpt-5-codex": 400_000,
+    "gpt-5-chat": 128_000,
     "gpt-4.1": 1_047_576,
+    "gpt-4.1-mini": 1_047_576,
+    "gpt-4.1-nano": 1_047_576,
+    "gpt-4.5-preview": 128_000,
     "gpt-4o": 128_000,
-    "chatgpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+    "chatgpt-4o-latest": 128_000,
     "gpt-4-turbo": 128_000,
+    "gpt-4-turbo-preview": 128_000,
     "gpt-4": 8_192,
+    "gpt-4-32k": 32_768,
     "gpt-3.5-turbo": 16_385,
+    "gpt-oss-120b": 131_072,
+    "gpt-oss-20b": 131_072,
     "o1": 200_000,
     "o1-mini": 128_000,
     "o1-preview": 128_000,
+    "o1-pro": 200_000,
     "o3": 200_000,
     "o3-mini": 200_000,
+    "o3-pro": 200_000,
     "o4-mini": 200_000,
 }
 _DEFAULT_CONTEXT_WINDOW = 128_000
@@ -125,14 +131,8 @@ _DEFAULT_CONTEXT_WINDOW = 128_000
 
 def context_window_for(model: str) -> int:
     """The context window of ``model`` from :data:`CONTEXT_WINDOWS`, 128k if unknown."""
-    name = model.rsplit("/", 1)[-1]
-    best = ""
-    for prefix in CONTEXT_WINDOWS:
-        if name.startswith(prefix) and len(prefix) > len(best):
-            rest = name[len(prefix):]
-            if not rest or rest[0] in "-:@.":
-                best = prefix
-    return CONTEXT_WINDOWS[best] if best else _DEFAULT_CONTEXT_WINDOW
+    window = lookup_model(CONTEXT_WINDOWS, model)
+    return _DEFAULT_CONTEXT_WINDOW if window is None else window
 
 
 # --- request: neutral -> wire --------------------------------------------------
@@ -410,7 +410,7 @@ def from_wire(
     choices = body.get("choices") if isinstance(body, dict) else None
     if not choices:
         raise ResponseFormatError(
-            f"{PROVIDER} response has no choices: {json.dumps(body)[:200]}", request_id=request_id
+            f"{PROVIDER} response has no choices: {_http.snippet(body)}", request_id=request_id
         )
     choice = next((c for c in choices if c.get("index", 0) == 0), choices[0])
     message = choice.get("message") or {}
@@ -489,16 +489,6 @@ def error_from_body(status_code: int | None, body: Any, *, request_id: str | Non
     return error_for_status(status_code, message, error_type=error_type, request_id=request_id)
 
 
-def _error_from_response(resp: requests.Response) -> ProviderError:
-    request_id = request_id_of(resp.headers)
-    try:
-        body = resp.json()
-    except ValueError:
-        text = resp.text[:500].strip()
-        return error_for_status(resp.status_code, text or f"HTTP {resp.status_code} error", request_id=request_id)
-    return error_from_body(resp.status_code, body, request_id=request_id)
-
-
 # --- streaming ------------------------------------------------------------------------
 
 
@@ -527,7 +517,8 @@ class StreamAssembler:
     extends it replaces it, anything else is appended. Arguments are always
     appended. ``BlockDone`` events come when the finish reason arrives (or
     at the end, if it never does), because a server may interleave
-    fragments of parallel calls.
+    fragments of parallel calls. A chunk carrying ``usage`` gives a
+    :class:`~convo.service.UsageUpdate`.
 
     One assembler per stream; not thread-safe.
     """
@@ -559,8 +550,6 @@ class StreamAssembler:
             self._id = chunk["id"]
         if not self._chunk_model and chunk.get("model"):
             self._chunk_model = chunk["model"]
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]  # the last one wins; OpenRouter may repeat it
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
@@ -591,6 +580,9 @@ class StreamAssembler:
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
                 events.extend(self._close())
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]  # the last one wins; OpenRouter may repeat it
+            events.append(UsageUpdate(usage_from_wire(self._usage)))
         return events
 
     def _merge_call(self, tc: dict, position: int) -> list[StreamEvent]:
@@ -667,31 +659,22 @@ class StreamAssembler:
 # --- the service ------------------------------------------------------------------------
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _connection_of(resp: requests.Response) -> Any:
-    # urllib3's response knows its connection; shutting that socket down
-    # wakes a thread blocked reading the stream.
-    return getattr(resp.raw, "connection", None) or getattr(resp.raw, "_connection", None)
-
-
-class OpenAIService:
+class OpenAIService(_http.SessionOwner):
     """A model served over OpenAI's Chat Completions API (OpenAI, OpenRouter, local servers).
 
     Args:
+        model: the model name sent with every request.
         api_key: the key, else ``OPENAI_API_KEY``. Optional: without one no
             ``Authorization`` header is sent, which is what local servers want.
-        model: the model name sent with every request.
         base_url: the API root including its version, as in the official
             SDK (``https://api.openai.com/v1``, ``http://127.0.0.1:8080/v1``);
             else ``OPENAI_BASE_URL``, else OpenAI's. Requests go to
             ``{base_url}/chat/completions``.
         max_tokens: the output limit when a request sets none; None sends
             no limit and the server decides.
-        session: a ``requests.Session`` to use; by default one from
-            :func:`convo._http.new_session`, whose in-flight requests
+        session: a ``requests.Session`` to use (and to leave open on
+            :meth:`close`); by default one from
+            :func:`convo.providers._http.new_session`, whose in-flight requests
             ``Convo.cancel()`` can abort (a session of your own cannot be).
         timeout: seconds, or ``(connect, read)`` as requests takes them.
         retry: the :class:`~convo.RetryPolicy` for transient failures.
@@ -713,14 +696,17 @@ class OpenAIService:
 
     Thread-safe: the service holds no per-call state, and its session's
     connection pool serves concurrent calls, so one instance may be shared
-    by a Convo, its sub-convos and any number of threads.
+    by a Convo, its sub-convos and any number of threads; call
+    :meth:`close` (or leave its ``with`` block) only when no call is
+    running. The API key never appears in its repr, in errors (nor their
+    tracebacks' locals and chains) or in logs.
     """
 
     def __init__(
         self,
-        api_key: str | None = None,
         model: str = DEFAULT_MODEL,
         *,
+        api_key: str | None = None,
         base_url: str | None = None,
         max_tokens: int | None = None,
         session: requests.Session | None = None,
@@ -732,10 +718,10 @@ class OpenAIService:
         context_window: int | None = None,
         max_tokens_field: str | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self._api_key = Secret(key) if key else None
+        self._api_key = _http.Secret.given_or_from_env(api_key, "OPENAI_API_KEY")
+        del api_key  # only the Secret holds the key now, not this frame's locals
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.base_url = (base_url or _http.environ("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         host = urlsplit(self.base_url).hostname or ""
         if self._api_key is None and host == "api.openai.com":
             # Local servers need no key; OpenAI itself would answer 401 after a round trip.
@@ -750,7 +736,7 @@ class OpenAIService:
         if max_tokens_field is None:
             max_tokens_field = "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
         self.max_tokens_field = max_tokens_field
-        self._session = session if session is not None else new_session()
+        self._use_session(session)
         self._url = f"{self.base_url}/chat/completions"
 
     def __repr__(self) -> str:
@@ -760,39 +746,6 @@ class OpenAIService:
     def token_context_window(self) -> int:
         """How many tokens the model attends to, input and output together."""
         return self.context_window or context_window_for(self.model)
-
-    def _headers(self) -> dict:
-        headers = {"content-type": "application/json", "accept": "application/json",
-                   "user-agent": "convo"}
-        if self._api_key is not None:
-            headers["authorization"] = f"Bearer {self._api_key.reveal()}"
-        if self.organization:
-            headers["openai-organization"] = self.organization
-        if self.project:
-            headers["openai-project"] = self.project
-        headers.update(self.extra_headers)
-        return headers
-
-    def _body(self, request: Request, stream: bool) -> dict:
-        return to_wire(request, self.model, stream=stream, max_tokens=self.max_tokens,
-                       max_tokens_field=self.max_tokens_field)
-
-    def _scrub(self, err: ProviderError) -> ProviderError:
-        # A server may echo the key in its error message (OpenAI masks it,
-        # not every proxy does): the error must not carry it.
-        key = self._api_key.reveal() if self._api_key is not None else ""
-        if not key or key not in err.message:
-            return err
-        return type(err)(err.message.replace(key, "<redacted>"), status_code=err.status_code,
-                         error_type=err.error_type, request_id=err.request_id)
-
-    def _error_from_response(self, resp: requests.Response) -> ProviderError:
-        return self._scrub(_error_from_response(resp))
-
-    def _post(self, body: dict, stream: bool, attempts: Attempts) -> requests.Response:
-        return send(self._session, self._url, body, headers=self._headers(), timeout=self.timeout,
-                    retry=self.retry, error_from_response=self._error_from_response,
-                    stream=stream, provider=PROVIDER, **attempts.send_kwargs())
 
     def do(self, request: Request) -> Response:
         """Send ``request`` and return the whole reply.
@@ -804,19 +757,7 @@ class OpenAIService:
             ProviderError: a typed error (after retries), see :mod:`convo.errors`.
             Cancelled: ``Convo.cancel()`` stopped the call.
         """
-        body = self._body(request, stream=False)
-        start = _now()
-        data, resp = post_json(self._session, self._url, body, headers=self._headers(), timeout=self.timeout,
-                               retry=self.retry, error_from_response=self._error_from_response, provider=PROVIDER)
-        request_id = request_id_of(resp.headers)
-        try:
-            response = from_wire(data, model=self.model, start_time=start, end_time=_now(), request_id=request_id)
-        except ProviderError as err:
-            raise self._scrub(err) from None
-        log.debug("model_response", provider=PROVIDER, model=response.model, response_id=response.id,
-                  stop_reason=str(response.stop_reason), input_tokens=response.usage.input_tokens,
-                  output_tokens=response.usage.output_tokens)
-        return response
+        return _http.scrubbed(self._api_key, self._do, self._body(request, stream=False))
 
     def stream(self, request: Request) -> Iterator[StreamEvent]:
         """Send ``request`` and yield events as they arrive; the last is :class:`~convo.StreamDone`.
@@ -826,39 +767,56 @@ class OpenAIService:
         once an event has been yielded, a drop raises
         :class:`~convo.APIConnectionError` (the reply cannot be resumed).
         ``data: [DONE]`` ends the stream; its absence does too, at the end
-        of the body.
+        of the body. A chunk carrying usage gives a
+        :class:`~convo.service.UsageUpdate`. Close the iterator (or drain
+        it) to release the connection; it may be closed from any thread.
         """
         body = self._body(request, stream=True)
-        token = current_token()
-        attempts = Attempts(self.retry)
-        while True:
-            start = _now()
-            with abortable(token):
-                resp = self._post(body, True, attempts)
-            conn = _connection_of(resp)
-            yielded = False
-            try:
-                # The request itself ran inside abortable(); while the body is
-                # read across yields, a cancel shuts this one socket down.
-                with token.on_cancel(lambda: _shutdown([conn] if conn is not None else [])):
-                    assembler = StreamAssembler(self.model)
-                    for event in self._events(resp, assembler):
-                        yielded = True
-                        yield event
-                    for event in assembler.finish(start_time=start, end_time=_now()):
-                        yield event
-                return
-            except APIConnectionError as exc:
-                if yielded:
-                    raise
-                drop = exc
-            finally:
-                resp.close()
-            attempts.after_drop(drop, provider=PROVIDER, request_id=request_id_of(resp.headers))
+        return _http.scrubbed_events(self._api_key, self._stream(body))
+
+    # --- internals
+
+    def _body(self, request: Request, stream: bool) -> dict:
+        return to_wire(request, self.model, stream=stream, max_tokens=self.max_tokens,
+                       max_tokens_field=self.max_tokens_field)
+
+    def _send_kwargs(self, *, stream: bool = False) -> dict:
+        headers = {"content-type": "application/json",
+                   "accept": "text/event-stream" if stream else "application/json",
+                   "user-agent": "convo"}
+        if self._api_key is not None:
+            headers["authorization"] = self._api_key.header("Bearer ")
+        if self.organization:
+            headers["openai-organization"] = self.organization
+        if self.project:
+            headers["openai-project"] = self.project
+        headers.update(self.extra_headers)
+        return {"headers": headers, "timeout": self.timeout, "retry": self.retry,
+                "error_from_body": error_from_body, "provider": PROVIDER}
+
+    def _do(self, body: dict) -> Response:
+        start = now()
+        data, resp = _http.post_json(self._session, self._url, body, **self._send_kwargs())
+        request_id = _http.request_id_of(resp.headers)
+        response = from_wire(data, model=self.model, start_time=start, end_time=now(), request_id=request_id)
+        _http.log_response(PROVIDER, response, request_id)
+        return response
+
+    def _stream(self, body: dict) -> Iterator[StreamEvent]:
+        start = now()
+
+        def read(resp: requests.Response) -> Iterator[StreamEvent]:
+            assembler = StreamAssembler(self.model)
+            yield from self._events(resp, assembler)
+            events = assembler.finish(start_time=start, end_time=now())
+            _http.log_response(PROVIDER, events[-1].response, _http.request_id_of(resp.headers))
+            yield from events
+
+        yield from _http.stream(self._session, self._url, body, read=read, **self._send_kwargs(stream=True))
 
     def _events(self, resp: requests.Response, assembler: StreamAssembler) -> Iterator[StreamEvent]:
-        request_id = request_id_of(resp.headers)
-        for sse in iter_sse(iter_body(resp, PROVIDER)):
+        request_id = _http.request_id_of(resp.headers)
+        for sse in iter_sse(_http.iter_body(resp, PROVIDER)):
             data = sse.data.strip()
             if not data:
                 continue
@@ -867,10 +825,11 @@ class OpenAIService:
             try:
                 chunk = json.loads(data)
             except ValueError:
+                chunk = None
+            if not isinstance(chunk, dict):
                 raise ResponseFormatError(
-                    f"{PROVIDER} stream sent data that is not JSON: {data[:200]!r}",
+                    f"{PROVIDER} stream sent data that is not a JSON object: {_http.snippet(data)!r}",
                     status_code=resp.status_code, request_id=request_id,
-                ) from None
-            if isinstance(chunk, dict) and chunk.get("error") is not None and not chunk.get("choices"):
-                raise self._scrub(error_from_body(None, chunk, request_id=request_id))
+                )
+            _raise_error_in_body(chunk, None, request_id)
             yield from assembler.feed(chunk)

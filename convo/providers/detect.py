@@ -4,14 +4,18 @@
 
 1. An explicit model name picks its provider: ``claude-*`` is Anthropic;
    ``gpt-*``, ``chatgpt-*`` and the o-series (``o1``, ``o3-mini``,
-   ``o4-mini``...) are OpenAI; ``"local"``, ``"local/SmolLM2-135M-Instruct"``
-   or a path to a ``.gguf`` file is the embedded local model. Any other name
-   goes to the OpenAI-compatible server at ``OPENAI_BASE_URL`` when that is
-   set (Ollama, vLLM, llama.cpp's server, LM Studio, OpenRouter).
+   ``o4-mini``...) are OpenAI (at ``OPENAI_BASE_URL`` when it is set, where
+   no key is needed); ``"local"``, ``"local/SmolLM2-135M-Instruct"`` or a
+   path to a ``.gguf`` file is the embedded local model. Any other name goes
+   to the OpenAI-compatible server at ``OPENAI_BASE_URL`` when that is set
+   (Ollama, vLLM, llama.cpp's server, LM Studio, OpenRouter).
 2. Without a model: ``ANTHROPIC_API_KEY`` picks Anthropic, then
-   ``OPENAI_API_KEY`` picks OpenAI, then the local model if
+   ``OPENAI_API_KEY`` picks OpenAI, then ``OPENAI_BASE_URL`` picks the
+   OpenAI-compatible server there (no key needed), then the local model if
    ``convo[local]`` is installed.
 3. Otherwise :class:`~convo.ProviderNotDetected`, saying what to set or install.
+
+Variables set to blanks count as unset.
 
 The provider modules are imported only when chosen, so this module is cheap
 to import and works with any subset of them installed.
@@ -19,11 +23,11 @@ to import and works with any subset of them installed.
 
 from __future__ import annotations
 
-import os
 import re
 
-from .errors import MissingAPIKeyError, ProviderNotDetected
-from .service import Service
+from ..errors import ProviderNotDetected
+from ..service import Service
+from ._http import environ
 
 __all__ = ["default_service", "provider_for_model"]
 
@@ -34,10 +38,6 @@ _NOTHING_FOUND = (
     "set OPENAI_BASE_URL to an OpenAI-compatible server, "
     "or install the embedded local model with: pip install 'convo[local]'"
 )
-
-
-def _env(name: str) -> str:
-    return os.environ.get(name, "").strip()
 
 
 def provider_for_model(model: str) -> str | None:
@@ -75,11 +75,11 @@ def default_service(model: str | None = None) -> Service:
     """
     if model is not None and model.strip():
         return _for_model(model.strip())
-    if _env("ANTHROPIC_API_KEY"):
+    if environ("ANTHROPIC_API_KEY"):
         from .anthropic import AnthropicService
 
         return AnthropicService()
-    if _env("OPENAI_API_KEY"):
+    if environ("OPENAI_API_KEY") or environ("OPENAI_BASE_URL"):
         from .openai import OpenAIService
 
         return OpenAIService()
@@ -99,15 +99,12 @@ def _for_model(model: str) -> Service:
     if provider == "anthropic":
         from .anthropic import AnthropicService
 
-        return AnthropicService(model=model)
-    if provider == "openai" or _env("OPENAI_BASE_URL"):
+        return AnthropicService(model)
+    if provider == "openai" or environ("OPENAI_BASE_URL"):
         from .openai import OpenAIService
 
-        if not _env("OPENAI_API_KEY") and not _env("OPENAI_BASE_URL"):
-            # OpenAIService takes no key for local servers; api.openai.com would answer 401.
-            raise MissingAPIKeyError("OPENAI_API_KEY", "OpenAI")
-
-        return OpenAIService(model=model)
+        # Without a key, OpenAIService refuses OpenAI's own URL and takes any other.
+        return OpenAIService(model)
     raise ProviderNotDetected(
         f"cannot tell which provider serves the model {model!r}: use a claude-* model (Anthropic), "
         "a gpt-* or o-series model (OpenAI), 'local' or a path to a .gguf file (the embedded model), "

@@ -24,20 +24,21 @@ import copy
 import importlib.util
 import json
 import os
+import sys
+import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import structlog
 from attrs import define, field
 
-from ._cancel import current_token
-from .errors import Cancelled, ConfigurationError, InvalidRequestError, ResponseFormatError
-from .messages import (
+from .._cancel import current_token
+from ..errors import Cancelled, ConfigurationError, InvalidRequestError, ResponseFormatError
+from ..messages import (
     Document,
     Image,
     Request,
@@ -51,8 +52,9 @@ from .messages import (
     ToolChoiceType,
     ToolUse,
 )
-from .service import BlockDone, StreamDone, StreamEvent, TextDelta, ToolInputDelta, collect
-from .usage import Usage
+from ..pricing import FREE, Price
+from ..service import BlockDone, StreamDone, StreamEvent, TextDelta, ToolInputDelta, UsageUpdate, collect
+from ..usage import Usage
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -65,7 +67,8 @@ __all__ = [
     "tool_instructions",
 ]
 
-log = structlog.get_logger("convo")
+from .._log import log
+from .._time import now
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 """The model :class:`LocalService` runs when given no path."""
@@ -127,7 +130,68 @@ def _import_llama_cpp():
         raise ConfigurationError(
             f"the local model needs llama-cpp-python, which is not installed: run {_INSTALL_HINT}"
         ) from exc
+    _route_llama_cpp_logs(llama_cpp)
     return llama_cpp
+
+
+_LOG_ROUTE: list = []  # the ctypes callback, kept alive for as long as llama.cpp may call it
+_LOG_ROUTE_LOCK = threading.Lock()
+_GGML_LOG_WARN, _GGML_LOG_ERROR, _GGML_LOG_CONT = 2, 3, 5
+
+
+def _route_llama_cpp_logs(llama_cpp) -> None:
+    """Send llama.cpp's own warnings and errors to convo's logger instead of stderr.
+
+    llama-cpp-python's log callback prints llama.cpp's errors to stderr even
+    with ``verbose=False``, and a library must not print. The callback is
+    process-wide, so it is replaced once, when convo first needs llama.cpp:
+    errors become ``llama_cpp_log`` warnings and warnings debug events; the
+    rest (what ``verbose=True`` would show) is dropped.
+    """
+    with _LOG_ROUTE_LOCK:
+        if _LOG_ROUTE:
+            return
+        last = [0]  # the level a GGML_LOG_LEVEL_CONT line continues
+
+        @llama_cpp.llama_log_callback
+        def forward(level, text, user_data):
+            try:
+                level = last[0] if level == _GGML_LOG_CONT else level
+                last[0] = level
+                line = text.decode("utf-8", errors="replace").rstrip()
+                if line and level in (_GGML_LOG_WARN, _GGML_LOG_ERROR):
+                    (log.warning if level == _GGML_LOG_ERROR else log.debug)("llama_cpp_log", text=line)
+            except Exception:  # an exception must never cross back into C
+                pass
+
+        llama_cpp.llama_log_set(forward, None)
+        _LOG_ROUTE.append(forward)
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _stderr_to_log() -> Iterator[None]:
+    """Within the block, what C code writes to the process's stderr goes to convo's logger.
+
+    For the few llama.cpp functions that print with ``fprintf(stderr)``
+    rather than through its log callback. The redirection is process-wide,
+    so keep the block to one short call.
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", errors="replace").strip()
+            if text:
+                log.warning("llama_cpp_stderr", text=text)
 
 
 # --- prompt rendering (the local model's wire format) --------------------------
@@ -344,7 +408,12 @@ def parse_tool_call(text: str) -> tuple[str, dict]:
 # --- stop strings ----------------------------------------------------------------
 
 class _StopScanner:
-    """Finds stop strings in streamed text, holding back what might start one."""
+    """Finds stop strings in streamed text, holding back what might start one.
+
+    The first stop is the one that starts earliest in the whole text, so a
+    stop found in what has arrived is not taken while another one may still
+    be completing at an earlier position.
+    """
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = [s for s in stops if s]
@@ -353,34 +422,38 @@ class _StopScanner:
     def feed(self, piece: str) -> tuple[str, str | None]:
         """Text safe to emit now, and the stop string found (None if none yet)."""
         self._pending += piece
+        return self._scan(final=False)
+
+    def flush(self) -> tuple[str, str | None]:
+        """At the end of the text: the rest up to the first stop, and that stop (None if none)."""
+        return self._scan(final=True)
+
+    def _scan(self, final: bool) -> tuple[str, str | None]:
+        pending = self._pending
         best = None
         for stop in self._stops:
-            at = self._pending.find(stop)
+            at = pending.find(stop)
             if at >= 0 and (best is None or at < best[0]):
                 best = (at, stop)
-        if best is not None:
-            at, stop = best
-            emit, self._pending = self._pending[:at], ""
-            return emit, stop
-        hold = 0
-        for stop in self._stops:
-            for k in range(min(len(stop) - 1, len(self._pending)), hold, -1):
-                if self._pending.endswith(stop[:k]):
-                    hold = k
-                    break
-        cut = len(self._pending) - hold
-        emit, self._pending = self._pending[:cut], self._pending[cut:]
+        limit = best[0] if best is not None else len(pending)
+        hold = limit if final else self._partial_start(pending, limit)
+        if best is not None and best[0] <= hold:
+            self._pending = ""
+            return pending[:best[0]], best[1]
+        emit, self._pending = pending[:hold], pending[hold:]
         return emit, None
 
-    def flush(self) -> str:
-        rest, self._pending = self._pending, ""
-        return rest
+    def _partial_start(self, pending: str, limit: int) -> int:
+        """The earliest position before ``limit`` where a stop may be starting, else ``limit``."""
+        longest = max((len(s) for s in self._stops), default=1)
+        for p in range(max(0, len(pending) - longest + 1), limit):
+            rest = pending[p:]
+            if any(len(rest) < len(s) and s.startswith(rest) for s in self._stops):
+                return p
+        return limit
 
 
 # --- the service -----------------------------------------------------------------
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 _PARAMS_PATCH_LOCK = threading.Lock()
@@ -427,6 +500,7 @@ class _Loaded:
     formatter: Any
     vocab: Any
     load_seconds: float
+    good_grammars: set = field(factory=set)
 
 
 def _positive(instance, attribute, value):
@@ -463,8 +537,9 @@ class LocalService:
             AMX, where llama.cpp's AMX matrix multiply crashes the process
             (ggml-org/llama.cpp#20824), and on elsewhere.
 
-    The model loads on first use (or on :meth:`load`), once. Replies cost
-    exactly zero dollars: ``usage.cost_usd`` is ``Decimal(0)``, a known
+    The model loads on first use (or on :meth:`load`), once, and
+    :meth:`close` (or leaving a ``with`` block) frees it. Replies cost
+    exactly zero dollars (:meth:`price` is :data:`convo.pricing.FREE`): ``usage.cost_usd`` is ``Decimal(0)``, a known
     price, not an unpriced reply. ``usage.input_tokens`` counts the whole
     prompt; llama.cpp's reuse of a shared prompt prefix is not reported as
     cache reads.
@@ -534,25 +609,55 @@ class LocalService:
         """The context window, ``n_ctx``: prompt and reply together."""
         return self.n_ctx
 
+    def price(self) -> Price:
+        """What replies cost: nothing (:data:`convo.pricing.FREE`)."""
+        return FREE
+
     def load(self) -> None:
         """Load the model now rather than on first use (safe to call again: it loads once)."""
         self._model()
+
+    def close(self) -> None:
+        """Free the model's memory; a later request loads it again.
+
+        Waits for a generation in progress to end.
+
+        Raises:
+            ConfigurationError: called from the thread that is reading one of
+                this service's streams (close the stream first).
+        """
+        with self._generation_slot(), self._load_lock:
+            loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            loaded.llama.close()
+            log.debug("local_model_closed", model=self.model)
+
+    def __enter__(self) -> "LocalService":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def do(self, request: Request) -> Response:
         """Generate the whole reply to ``request``."""
         return collect(self.stream(request))
 
     def stream(self, request: Request) -> Iterator[StreamEvent]:
-        """Generate the reply to ``request`` token by token; the last event is StreamDone."""
-        started = _now()
+        """Generate the reply to ``request`` token by token; the last event is StreamDone.
+
+        A :class:`~convo.service.UsageUpdate` with the prompt's tokens comes
+        once the prompt is evaluated.
+        """
+        started = now()
         chat = to_chat_messages(request)
         grammar = tool_grammar(request.tools, request.tool_choice)
         required = _tool_mode(request.tools, request.tool_choice) == "required"
         sampling = self._sampling(request)
-        loaded = self._model()
         cancel = current_token()
         with self._generation_slot():
             cancel.raise_if_cancelled()
+            # Inside the slot, so that close() cannot free the model under a generation.
+            loaded = self._model()
             yield from self._generate(loaded, request, chat, grammar, required, sampling, started, cancel)
 
     # --- internals -------------------------------------------------------------
@@ -636,13 +741,19 @@ class LocalService:
 
     def _check_grammar(self, loaded: _Loaded, grammar: str) -> None:
         # llama-cpp-python hands an unparsable grammar to llama.cpp as a NULL
-        # sampler and the process segfaults, so parse it here first.
-        import llama_cpp
-
-        sampler = llama_cpp.llama_sampler_init_grammar(loaded.vocab, grammar.encode("utf-8"), b"root")
+        # sampler and the process segfaults, so parse it here first, once
+        # per grammar (a conversation sends the same tools every turn).
+        if grammar in loaded.good_grammars:
+            return
+        llama_cpp = _import_llama_cpp()
+        with _stderr_to_log():  # llama.cpp's grammar parser prints its errors straight to stderr
+            sampler = llama_cpp.llama_sampler_init_grammar(loaded.vocab, grammar.encode("utf-8"), b"root")
         if not sampler:
             raise ConfigurationError("llama.cpp could not parse the grammar built from the tools' JSON Schemas")
         llama_cpp.llama_sampler_free(sampler)
+        if len(loaded.good_grammars) >= 64:
+            loaded.good_grammars.clear()
+        loaded.good_grammars.add(grammar)
 
     def _generate(self, loaded: _Loaded, request: Request, chat: list[dict], grammar_text: str | None,
                   required: bool, sampling: dict, started: datetime, cancel) -> Iterator[StreamEvent]:
@@ -685,6 +796,8 @@ class LocalService:
                 token = next(tokens, None)
                 if token is None:  # llama.cpp ran out of context
                     break
+                if produced == 0:  # the prompt has been evaluated
+                    yield UsageUpdate(Usage(input_tokens=len(prompt), cost_usd=Decimal(0)))
                 if cancel.cancelled:
                     raise Cancelled(cancel.reason or "cancelled")
                 if llama_cpp.llama_vocab_is_eog(loaded.vocab, token):
@@ -734,7 +847,12 @@ class LocalService:
                 stop_reason = StopReason.TOOL_USE
         else:
             if stop_sequence is None:
-                rest = scanner.feed(tail)[0] + scanner.flush()
+                rest, hit = scanner.feed(tail)
+                if hit is None:
+                    more, hit = scanner.flush()
+                    rest += more
+                if hit in user_stops:
+                    stop_reason, stop_sequence = StopReason.STOP_SEQUENCE, hit
                 if rest:
                     text_parts.append(rest)
                     yield TextDelta(0, rest)
@@ -755,5 +873,5 @@ class LocalService:
             stop_sequence=stop_sequence,
             usage=Usage(input_tokens=len(prompt), output_tokens=produced, cost_usd=Decimal(0)),
             start_time=started,
-            end_time=_now(),
+            end_time=now(),
         ))
