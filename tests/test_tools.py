@@ -1,13 +1,18 @@
-"""@tool and Tool: schemas from type hints and docstrings, validation, bad definitions."""
+"""@tool and Tool: schemas from type hints and docstrings, validation, what @tool accepts, bad definitions.
+
+How arguments are converted to their annotated types is in test_tool_args.py.
+"""
 
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Annotated, Literal, Optional
 
 import pytest
 
 from convo import Text, Tool, ToolDefinitionError, tool
+from convo.tools import ToolInputError
 
 
 class Color(enum.Enum):
@@ -93,6 +98,119 @@ class TestToolDecorator:
             @tool
             def bad(*xs: int) -> str:
                 return ""
+
+    def test_positional_only_parameter_is_a_definition_error_naming_it(self):
+        """Tool inputs are passed by name, so a positional-only parameter could never be given."""
+        with pytest.raises(ToolDefinitionError, match="parameter 'a' is positional-only"):
+            @tool
+            def bad(a: int, /, b: int) -> str:
+                return ""
+
+    def test_unknown_argument_in_a_direct_call_is_an_input_error(self):
+        with pytest.raises(ToolInputError, match="unknown property 'querry'"):
+            search(querry="cats")
+
+
+def convert(value: float, unit: str, digits: int = 1) -> str:
+    """Convert a temperature.
+
+    Args:
+        value: the temperature.
+        unit: "C" or "F".
+        digits: decimals to keep.
+    """
+    return f"{value:.{digits}f}{unit}"
+
+
+class WeatherLookup:
+    """Looks the weather up (the class's docstring)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __call__(self, city: str, days: int = 1) -> str:
+        """Weather forecast for a city.
+
+        Args:
+            city: where.
+        """
+        return f"{self.prefix}{city}:{days}"
+
+
+class HTTPFetcher:
+    """Fetch a page."""
+
+    def __call__(self, url: str) -> str:
+        return url
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.total = 0
+
+    def add(self, n: int) -> int:
+        """Add n to the running total."""
+        self.total += n
+        return self.total
+
+
+class TestToolSources:
+    """@tool takes partials, callable objects and bound methods as well as functions."""
+
+    def test_partial_leaves_bound_keywords_out_of_the_schema(self):
+        celsius = tool(functools.partial(convert, unit="C"))
+        assert celsius.input_schema["properties"].keys() == {"value", "digits"}
+        assert celsius.input_schema["required"] == ["value"]
+        assert celsius.run({"value": 21}) == "21.0C"
+
+    def test_partial_is_named_and_described_after_the_wrapped_function(self):
+        celsius = tool(functools.partial(convert, unit="C"))
+        assert celsius.name == "convert"
+        assert celsius.description == "Convert a temperature."
+        assert celsius.input_schema["properties"]["value"]["description"] == "the temperature."
+
+    def test_partial_binding_leading_positional_arguments(self):
+        twenty = tool(functools.partial(convert, 20), name="convert_twenty")
+        assert twenty.name == "convert_twenty"
+        assert twenty.input_schema["required"] == ["unit"]
+        assert twenty(unit="F", digits=0) == "20F"
+
+    def test_bound_keyword_cannot_be_overridden_by_the_input(self):
+        celsius = tool(functools.partial(convert, unit="C"))
+        assert celsius.validation_errors({"value": 1, "unit": "F"}) != []
+        with pytest.raises(ToolInputError, match="unknown property 'unit'"):
+            celsius.run({"value": 1, "unit": "F"})
+
+    def test_partial_that_binds_a_positional_only_parameter_is_accepted(self):
+        def scale(factor: float, /, x: float) -> float:
+            return factor * x
+
+        double = tool(functools.partial(scale, 2))
+        assert double.run({"x": 3}) == 6.0
+
+    def test_callable_object_named_after_its_class_in_snake_case(self):
+        assert tool(WeatherLookup("> ")).name == "weather_lookup"
+        assert tool(HTTPFetcher()).name == "http_fetcher"
+        assert tool(HTTPFetcher(), name="fetch").name == "fetch"
+
+    def test_callable_object_schema_has_no_self_and_runs_on_the_instance(self):
+        weather = tool(WeatherLookup("> "))
+        assert weather.input_schema["properties"].keys() == {"city", "days"}
+        assert weather.input_schema["properties"]["city"]["description"] == "where."
+        assert weather.run({"city": "Paris"}) == "> Paris:1"
+
+    def test_callable_object_described_by_its_call_then_its_class(self):
+        assert tool(WeatherLookup("")).description == "Weather forecast for a city."
+        assert tool(HTTPFetcher()).description == "Fetch a page."
+
+    def test_bound_method_has_no_self_and_keeps_its_instance(self):
+        counter = Counter()
+        add = tool(counter.add)
+        assert (add.name, add.description) == ("add", "Add n to the running total.")
+        assert add.input_schema["properties"] == {"n": {"type": "integer"}}
+        add.run({"n": 2})
+        add(n=3)
+        assert counter.total == 5
 
 
 class TestTool:
