@@ -151,7 +151,7 @@ def interleaved(factories: dict[str, Callable[[], Callable[[], object]]], *, rou
 
 def have_convo() -> bool:
     try:
-        import convo.anthropic  # noqa: F401
+        import convo.providers.anthropic  # noqa: F401
         import convo.conversation  # noqa: F401
     except ImportError:
         return False
@@ -159,9 +159,9 @@ def have_convo() -> bool:
 
 
 def convo_service(url: str):
-    from convo.anthropic import AnthropicService
+    from convo.providers.anthropic import AnthropicService
 
-    return AnthropicService(api_key=API_KEY, model=MODEL, base_url=url, max_tokens=MAX_TOKENS)
+    return AnthropicService(MODEL, api_key=API_KEY, base_url=url, max_tokens=MAX_TOKENS)
 
 
 def new_convo(service, **kw):
@@ -537,7 +537,7 @@ IMPORTS = {
     "python -c pass (baseline)": "pass",
     "requests": "import requests",
     "convo": "import convo",
-    "convo + AnthropicService": "import convo; from convo.anthropic import AnthropicService",
+    "convo + AnthropicService": "import convo; from convo.providers.anthropic import AnthropicService",
     "anthropic": "import anthropic",
     "pydantic_ai": "import pydantic_ai",
     "pydantic_ai + Anthropic model": "import pydantic_ai; from pydantic_ai.models.anthropic import AnthropicModel",

@@ -1,14 +1,18 @@
 """convo: managed conversations with large language models, from blocking Python."""
 
-from ._retry import RetryPolicy
-from .conversation import Budget, Convo
+from .providers._retry import RetryPolicy
+from .budget import Budget
+from .conversation import Convo
 from .errors import (
     APIConnectionError,
     APITimeoutError,
+    ArgumentTypeError,
     AuthenticationError,
     BudgetExceeded,
     Cancelled,
     ConfigurationError,
+    ConversationBusy,
+    ConversationClosed,
     ConvoError,
     InvalidRequestError,
     MaxTurnsExceeded,
@@ -23,6 +27,7 @@ from .errors import (
     ServerError,
     ToolDefinitionError,
     UnknownToolUseError,
+    UnpricedModel,
 )
 from .messages import (
     Document,
@@ -42,54 +47,54 @@ from .messages import (
     ToolSpec,
     ToolUse,
 )
-from .pricing import PRICES, Price, PriceTable
-from .service import BlockDone, Service, StreamDone, TextDelta, ThinkingDelta, ToolInputDelta
-from .tools import DoNotRespond, Tool, ToolCallInfo, ToolOut, tool, tool_call_info
+from .pricing import FREE, PRICES, Price, PriceTable
+from .service import BlockDone, Service, StreamDone, TextDelta, ThinkingDelta, ToolInputDelta, UsageUpdate
+from .streaming import Stream
+from .tools import DoNotRespond, Tool, ToolCallInfo, ToolInputError, ToolOut, tool, tool_call_info
 from .listeners import Listener, MultiListener, NoopListener, combine_listeners
 from .usage import CumulativeUsage, Usage
 
 __version__ = "0.1.0"
 
-# Providers load on first use: importing convo stays cheap (no requests, no
-# llama.cpp) for code that only needs the engine or its own service.
-_LAZY = {
-    "AnthropicService": ".anthropic",
-    "LocalService": ".local",
-    "OpenAIService": ".openai",
-    "default_service": ".detect",
-}
+# Providers load on first use (convo.providers does the loading): importing
+# convo stays cheap (no requests, no llama.cpp) for code that only needs the
+# engine or its own service.
+_LAZY = frozenset({"AnthropicService", "LocalService", "OpenAIService", "default_service"})
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
+    if name not in _LAZY:
         raise AttributeError(f"module 'convo' has no attribute {name!r}")
-    import importlib
+    from . import providers
 
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(providers, name)
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | _LAZY)
 
 
 __all__ = [
     "APIConnectionError",
     "APITimeoutError",
     "AnthropicService",
+    "ArgumentTypeError",
     "AuthenticationError",
     "BlockDone",
     "Budget",
     "BudgetExceeded",
     "Cancelled",
     "ConfigurationError",
+    "ConversationBusy",
+    "ConversationClosed",
     "Convo",
     "ConvoError",
     "CumulativeUsage",
     "DoNotRespond",
     "Document",
+    "FREE",
     "Image",
     "InvalidRequestError",
     "Listener",
@@ -119,6 +124,7 @@ __all__ = [
     "ServerError",
     "Service",
     "StopReason",
+    "Stream",
     "StreamDone",
     "Text",
     "TextDelta",
@@ -130,12 +136,15 @@ __all__ = [
     "ToolChoice",
     "ToolDefinitionError",
     "ToolInputDelta",
+    "ToolInputError",
     "ToolOut",
     "ToolResult",
     "ToolSpec",
     "ToolUse",
     "UnknownToolUseError",
+    "UnpricedModel",
     "Usage",
+    "UsageUpdate",
     "combine_listeners",
     "default_service",
     "tool",

@@ -16,22 +16,26 @@ import contextvars
 import threading
 from typing import Callable, Iterator
 
-import structlog
 
 from .errors import Cancelled
 
-log = structlog.get_logger("convo")
+from ._log import log
 
 
 class CancelToken:
-    """A one-shot cancellation signal with wake-up callbacks. Thread-safe."""
+    """A one-shot cancellation signal with wake-up callbacks. Thread-safe.
+
+    It also answers :class:`threading.Event`'s ``is_set()``, ``set()`` and
+    ``wait()``, so code written against an event (a tool polling
+    ``tool_call_info().cancelled``) works unchanged.
+    """
 
     __slots__ = ("_event", "_lock", "_callbacks", "reason")
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
-        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._callbacks: dict[object, Callable[[], None]] = {}
         self.reason: str | None = None
 
     @property
@@ -57,32 +61,49 @@ class CancelToken:
             except Exception:  # a wake-up that fails must not stop the others
                 log.warning("cancel_callback_failed", exc_info=True)
 
-    def wait(self, timeout: float | None) -> bool:
-        """Sleep up to ``timeout`` seconds; True if cancelled meanwhile."""
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds (None: until cancelled); True if cancelled."""
         return self._event.wait(timeout)
+
+    def is_set(self) -> bool:
+        """Whether the token fired (``threading.Event`` spelling)."""
+        return self._event.is_set()
+
+    def set(self) -> None:
+        """Fire the token (``threading.Event`` spelling of :meth:`cancel`)."""
+        self.cancel()
+
+    def __repr__(self) -> str:
+        return f"<CancelToken {'cancelled' if self.cancelled else 'live'}>"
 
     def raise_if_cancelled(self) -> None:
         if self._event.is_set():
             raise Cancelled(self.reason or "cancelled")
 
-    @contextlib.contextmanager
-    def on_cancel(self, callback: Callable[[], None]) -> Iterator[None]:
-        """Run ``callback`` if the token fires while inside the block.
-
-        If the token has already fired, the callback runs at once.
-        """
-        key = id(callback)
+    def add_callback(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` when the token fires (at once if it has); returns a remover."""
+        key = object()
         with self._lock:
             fired = self._event.is_set()
             if not fired:
                 self._callbacks[key] = callback
         if fired:
             callback()
+
+        def remove() -> None:
+            with self._lock:
+                self._callbacks.pop(key, None)
+
+        return remove
+
+    @contextlib.contextmanager
+    def on_cancel(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Run ``callback`` if the token fires while inside the block (at once if it has fired)."""
+        remove = self.add_callback(callback)
         try:
             yield
         finally:
-            with self._lock:
-                self._callbacks.pop(key, None)
+            remove()
 
 
 _NEVER = CancelToken()

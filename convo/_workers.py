@@ -42,9 +42,9 @@ class Workers:
             try:
                 fn()  # type: ignore[misc]
             except BaseException:  # a task handles its own errors; never let one kill a worker silently
-                import structlog
+                from ._log import log
 
-                structlog.get_logger("convo").error("worker_task_failed", exc_info=True)
+                log.error("worker_task_failed", exc_info=True)
             fn = None
             with self._lock:
                 self._idle += 1

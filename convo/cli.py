@@ -322,7 +322,7 @@ def _logging_to_stderr(err: TextIO, verbose: bool) -> Iterator[None]:
 
 def _build_convo(args: argparse.Namespace, listener: Any, service: Any = None) -> Any:
     from .conversation import Convo
-    from .detect import default_service
+    from .providers.detect import default_service
 
     if service is None:
         service = default_service(args.model)

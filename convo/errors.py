@@ -5,13 +5,18 @@ builtin it most resembles, so ``except ValueError`` style handling keeps
 working::
 
     ConvoError
-    ├── ConfigurationError (ValueError)
+    ├── ConfigurationError (ValueError)   a bad argument or setting
+    │   ├── ArgumentTypeError (TypeError)  an argument of the wrong type
     │   ├── MissingAPIKeyError
-    │   └── ProviderNotDetected
+    │   ├── ProviderNotDetected
+    │   └── UnpricedModel             a budget cannot be kept on a model with no price
     ├── BudgetExceeded (RuntimeError)
     ├── MaxTurnsExceeded (RuntimeError)
+    ├── ConversationBusy (RuntimeError)   a send that would deadlock or break the history
+    ├── ConversationClosed (RuntimeError)
     ├── UnknownToolUseError (LookupError)
     ├── ToolDefinitionError (TypeError)
+    ├── ToolInputError (ValueError)   convo.tools: a tool's input could not become its arguments
     └── ProviderError
         ├── AuthenticationError          401
         ├── PermissionDeniedError        403
@@ -30,6 +35,9 @@ Flow control is not an error and sits outside this tree:
 
 No error ever carries a secret: messages are built from the provider's error
 body and status only, never from request headers.
+
+Every error pickles and unpickles with its attributes (for process pools,
+Dask and Ray, which ship exceptions between processes).
 """
 
 from __future__ import annotations
@@ -37,10 +45,13 @@ from __future__ import annotations
 __all__ = [
     "APIConnectionError",
     "APITimeoutError",
+    "ArgumentTypeError",
     "AuthenticationError",
     "BudgetExceeded",
     "Cancelled",
     "ConfigurationError",
+    "ConversationBusy",
+    "ConversationClosed",
     "ConvoError",
     "InvalidRequestError",
     "MaxTurnsExceeded",
@@ -55,16 +66,33 @@ __all__ = [
     "ServerError",
     "ToolDefinitionError",
     "UnknownToolUseError",
+    "UnpricedModel",
     "error_for_status",
 ]
+
+
+def _rebuild(cls, args, state):
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class ConvoError(Exception):
     """The root of every error convo raises."""
 
+    def __reduce__(self):
+        # Exception pickles as cls(*args), which breaks every subclass whose
+        # __init__ takes other arguments than its message; rebuild from state.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
 
 class ConfigurationError(ConvoError, ValueError):
     """convo was set up in a way that cannot work (a bad argument, a missing setting)."""
+
+
+class ArgumentTypeError(ConfigurationError, TypeError):
+    """An argument has the wrong type (a str where a convo.Message is needed, say)."""
 
 
 class MissingAPIKeyError(ConfigurationError):
@@ -82,22 +110,47 @@ class ProviderNotDetected(ConfigurationError):
     """No model provider could be chosen from the arguments and the environment."""
 
 
-class BudgetExceeded(ConvoError, RuntimeError):
-    """A conversation, or one of its ancestors, has spent more than its budget.
+class UnpricedModel(ConfigurationError):
+    """A budget applies but the model has no known price, so the spend could not be bounded.
 
-    Attributes:
-        convo_id: the id of the conversation whose budget is spent.
-        spent: dollars spent since that budget started counting.
-        max_dollars: the budget's limit.
+    Price it with ``convo.PRICES.set(model, convo.Price(...))`` (or a
+    Convo's own ``prices=``), or send without a budget.
     """
 
-    def __init__(self, convo_id: str, spent, max_dollars) -> None:
+    def __init__(self, model: str, convo_id: str) -> None:
+        self.model = model
+        self.convo_id = convo_id
+        super().__init__(
+            f"convo {convo_id} has a budget, but the model {model!r} has no price, so its spend cannot be "
+            f"bounded; price it with convo.PRICES.set({model!r}, convo.Price(input=..., output=...))"
+        )
+
+
+class BudgetExceeded(ConvoError, RuntimeError):
+    """A send would take a conversation, or one of its ancestors, past its budget.
+
+    Attributes:
+        convo_id: the id of the conversation whose budget is in the way.
+        spent: dollars spent since that budget started counting.
+        max_dollars: the budget's limit.
+        reserved: dollars held for requests of its subtree still in flight.
+        requested: the worst-case cost of the refused request (0 when the
+            budget was already spent).
+    """
+
+    def __init__(self, convo_id: str, spent, max_dollars, *, reserved=0, requested=0) -> None:
         self.convo_id = convo_id
         self.spent = spent
         self.max_dollars = max_dollars
-        super().__init__(
-            f"convo {convo_id} is over budget: spent ${spent} of ${max_dollars}"
-        )
+        self.reserved = reserved
+        self.requested = requested
+        if requested:
+            text = (f"convo {convo_id}: this request could cost up to ${requested}, more than is left of its "
+                    f"${max_dollars} budget (spent ${spent}, ${reserved} held for requests in flight); "
+                    "lower max_tokens or raise the budget")
+        else:
+            text = f"convo {convo_id} is over budget: spent ${spent} of ${max_dollars}"
+        super().__init__(text)
 
 
 class MaxTurnsExceeded(ConvoError, RuntimeError):
@@ -109,6 +162,18 @@ class MaxTurnsExceeded(ConvoError, RuntimeError):
         super().__init__(
             f"the model was still calling tools after {max_turns} turns (max_turns={max_turns})"
         )
+
+
+class ConversationBusy(ConvoError, RuntimeError):
+    """A send that can never proceed: from inside the convo's own turn (a listener, a tool or an open stream on the same thread)."""
+
+
+class ConversationClosed(ConvoError, RuntimeError):
+    """The conversation was closed; it sends nothing more."""
+
+    def __init__(self, convo_id: str) -> None:
+        self.convo_id = convo_id
+        super().__init__(f"convo {convo_id} is closed")
 
 
 class UnknownToolUseError(ConvoError, LookupError):
@@ -174,13 +239,6 @@ class ProviderError(ConvoError):
             f"error_type={self.error_type!r}, request_id={self.request_id!r})"
         )
 
-    def __reduce__(self):
-        return (_rebuild_provider_error, (type(self), self.message, self.status_code,
-                                          self.error_type, self.request_id))
-
-
-def _rebuild_provider_error(cls, message, status_code, error_type, request_id):
-    return cls(message, status_code=status_code, error_type=error_type, request_id=request_id)
 
 
 class AuthenticationError(ProviderError):

@@ -8,6 +8,9 @@ root conversation hears every sub-conversation at every depth too (use
     on_request(convo, request)          before a request is sent
     on_response(convo, response)        after a reply arrived (usage priced)
     on_error(convo, request, error)     a request failed (nothing joined the history)
+    on_usage(convo, usage)              tokens the provider reported (and bills) for a
+                                        request that failed or was abandoned part-way;
+                                        counted in the usage, with no response
     on_tool_call(convo, tool_use)       before a tool runs
     on_tool_result(convo, tool_use, result, error)
                                         after it ran; ``error`` is the exception
@@ -25,13 +28,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-import structlog
 
 __all__ = ["Listener", "MultiListener", "NoopListener", "combine_listeners"]
 
-log = structlog.get_logger("convo")
+from ._log import log
 
-EVENTS = ("on_request", "on_response", "on_error", "on_tool_call", "on_tool_result")
+EVENTS = ("on_request", "on_response", "on_error", "on_usage", "on_tool_call", "on_tool_result")
 
 
 @runtime_checkable
@@ -60,6 +62,9 @@ class NoopListener:
         pass
 
     def on_error(self, convo, request, error) -> None:
+        pass
+
+    def on_usage(self, convo, usage) -> None:
         pass
 
     def on_tool_call(self, convo, tool_use) -> None:
@@ -102,6 +107,9 @@ class MultiListener:
 
     def on_error(self, convo, request, error) -> None:
         self._dispatch("on_error", convo, request, error)
+
+    def on_usage(self, convo, usage) -> None:
+        self._dispatch("on_usage", convo, usage)
 
     def on_tool_call(self, convo, tool_use) -> None:
         self._dispatch("on_tool_call", convo, tool_use)

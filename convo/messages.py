@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Iterable, Union
 import attrs
 from attrs import field, frozen
 
+from .errors import ArgumentTypeError, ConfigurationError
 from .usage import Usage
 
 __all__ = [
@@ -39,35 +40,52 @@ __all__ = [
     "ToolSpec",
     "ToolUse",
     "block_from_dict",
+    "is_content",
+    "tool_result_content",
 ]
 
 
 class _StrEnum(str, enum.Enum):
-    """A string-valued enum that prints, compares and serialises as its value."""
+    """A closed string-valued enum that prints, compares and serialises as its value.
+
+    An unknown value is a :class:`~convo.ConfigurationError` naming the
+    values it could have been.
+    """
 
     def __str__(self) -> str:
         return self.value
 
     @classmethod
     def _missing_(cls, value):
-        # Providers add values over time (a new stop reason, say). Keep them
-        # readable instead of failing to parse a whole response.
+        choices = ", ".join(repr(m.value) for m in cls)
+        raise ConfigurationError(f"{value!r} is not a valid {cls.__name__}; expected one of {choices}")
+
+
+class _OpenStrEnum(_StrEnum):
+    """A string-valued enum that keeps values it does not know.
+
+    Providers add values over time (a new stop reason, say): keep them
+    readable instead of failing to parse a whole response.
+    """
+
+    @classmethod
+    def _missing_(cls, value):
         if isinstance(value, str):
             member = str.__new__(cls, value)
             member._name_ = value.upper()
             member._value_ = value
             return member
-        return None
+        return super()._missing_(value)
 
 
 class Role(_StrEnum):
-    """Who said a message."""
+    """Who said a message: ``user`` or ``assistant`` (nothing else)."""
 
     USER = "user"
     ASSISTANT = "assistant"
 
 
-class StopReason(_StrEnum):
+class StopReason(_OpenStrEnum):
     """Why the model stopped. Unknown values from a provider are kept as-is."""
 
     END_TURN = "end_turn"
@@ -76,6 +94,13 @@ class StopReason(_StrEnum):
     STOP_SEQUENCE = "stop_sequence"
     REFUSAL = "refusal"
     PAUSE_TURN = "pause_turn"
+
+
+# --- validation helpers ------------------------------------------------------
+
+def _require_type(value, kind, what: str) -> None:
+    if not isinstance(value, kind):
+        raise ArgumentTypeError(f"{what} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
 
 
 # --- time helpers ----------------------------------------------------------
@@ -108,7 +133,7 @@ class Text:
     """
 
     type: ClassVar[str] = "text"
-    text: str = field(validator=attrs.validators.instance_of(str))
+    text: str = field(validator=lambda i, a, v: _require_type(v, str, "Text.text"))
     citations: tuple = field(default=(), converter=tuple)
     cache: bool = False
 
@@ -130,7 +155,7 @@ def _check_source(instance, attribute, value):
     given = [n for n in names if getattr(instance, n) is not None]
     if len(given) != 1:
         choices = " or ".join(f"{n}=" for n in names)
-        raise ValueError(f"{type(instance).__name__} needs exactly one of {choices}, got {given or 'none'}")
+        raise ConfigurationError(f"{type(instance).__name__} needs exactly one of {choices}, got {given or 'none'}")
 
 
 @_register
@@ -247,11 +272,49 @@ class ToolUse:
 
 
 def _to_blocks(value) -> tuple:
+    """Content blocks from a str, one block, or an iterable of blocks and strs (a str becomes a Text)."""
     if isinstance(value, str):
         return (Text(value),)
-    if isinstance(value, (Text, Image, Document, RawBlock)):
+    if isinstance(value, _BLOCK_CLASSES):
         return (value,)
-    return tuple(value)
+    if type(value) is tuple:
+        for v in value:
+            if isinstance(v, str):
+                break
+        else:
+            return value  # already blocks (the validator checks them): the common case, kept cheap
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ArgumentTypeError(f"content must be a str or content blocks, got {type(value).__name__}") from None
+    return tuple(Text(v) if isinstance(v, str) else v for v in items)
+
+
+def is_content(value: Any) -> bool:
+    """Whether ``value`` is already content: a str, a block, or a non-empty list or tuple of blocks."""
+    if isinstance(value, (str,) + _BLOCK_CLASSES):
+        return True
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, _BLOCK_CLASSES) for v in value)
+
+
+def tool_result_content(value: Any) -> tuple:
+    """``value`` as the content of a tool result: text, image, document and raw blocks only."""
+    blocks = _to_blocks(value)
+    _check_result_blocks(None, None, blocks)
+    return blocks
+
+
+def _check_tool_use_id(instance, attribute, value):
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"ToolResult.tool_use_id must be a non-empty str, got {value!r}")
+
+
+def _check_result_blocks(instance, attribute, value):
+    for block in value:
+        if not isinstance(block, _RESULT_BLOCKS):
+            raise ArgumentTypeError(
+                f"a tool result holds text, image and document blocks, got {type(block).__name__}"
+            )
 
 
 @_register
@@ -265,9 +328,9 @@ class ToolResult:
     """
 
     type: ClassVar[str] = "tool_result"
-    tool_use_id: str
-    content: tuple = field(default=(), converter=_to_blocks)
-    is_error: bool = False
+    tool_use_id: str = field(validator=_check_tool_use_id)
+    content: tuple = field(default=(), converter=_to_blocks, validator=_check_result_blocks)
+    is_error: bool = field(default=False, validator=lambda i, a, v: _require_type(v, bool, "ToolResult.is_error"))
     start_time: datetime | None = None
     end_time: datetime | None = None
     display: Any = None
@@ -338,6 +401,10 @@ class RawBlock:
 
 Block = Union[Text, Image, Document, Thinking, RedactedThinking, ToolUse, ToolResult, RawBlock]
 
+_BLOCK_CLASSES = (Text, Image, Document, Thinking, RedactedThinking, ToolUse, ToolResult, RawBlock)
+# What a tool result may hold, and what a tool may return as content.
+_RESULT_BLOCKS = (Text, Image, Document, RawBlock)
+
 
 def block_from_dict(d: dict) -> Block:
     """Rebuild a content block from its ``to_dict()`` form."""
@@ -346,16 +413,15 @@ def block_from_dict(d: dict) -> Block:
         return RawBlock.from_dict(d)
     cls = _BLOCK_TYPES.get(kind)
     if cls is None:
-        raise ValueError(f"unknown content block type {kind!r}")
+        raise ConfigurationError(f"unknown content block type {kind!r}")
     return cls.from_dict(d)
 
 
 def _check_blocks(instance, attribute, value):
     for block in value:
-        if not isinstance(block, (Text, Image, Document, Thinking, RedactedThinking,
-                                  ToolUse, ToolResult, RawBlock)):
-            raise TypeError(
-                f"message content must be content blocks, got {type(block).__name__}: {block!r}"
+        if not isinstance(block, _BLOCK_CLASSES):
+            raise ArgumentTypeError(
+                f"message content must be content blocks, got {type(block).__name__}: {block!r:.200}"
             )
 
 
@@ -440,7 +506,7 @@ class ToolChoice:
 
     def __attrs_post_init__(self):
         if (self.type == ToolChoiceType.TOOL) != (self.name is not None):
-            raise ValueError("ToolChoice(type='tool') needs name=, and only that type takes one")
+            raise ConfigurationError("ToolChoice(type='tool') needs name=, and only that type takes one")
 
     @classmethod
     def auto(cls) -> "ToolChoice":

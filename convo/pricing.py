@@ -1,9 +1,15 @@
 """Client-side prices per model, so budgets work in dollars.
 
-Prices are US dollars per million tokens. A model is found by its exact name,
-else by the longest known prefix (``claude-sonnet-4-5-20250929`` is priced as
-``claude-sonnet-4-5``). Users override or add prices with
-``PRICES.set(...)`` or by giving a Convo its own :class:`PriceTable`.
+Prices are US dollars per million tokens. A model is found by its exact
+name or as a dated snapshot of a known name (``claude-sonnet-4-5-20250929``
+is priced as ``claude-sonnet-4-5``, ``gpt-4o-2024-08-06`` as ``gpt-4o``); a
+router's ``vendor/model`` name is looked up as ``model``. Nothing else
+matches: a name convo does not know is unpriced, never priced as a family it
+happens to start with (``claude-opus-4.5`` is not ``claude-opus-4``, and a
+future model is not its predecessor). :func:`lookup_model` is that one rule,
+shared with every other per-model table (context windows). Users override or
+add prices with ``PRICES.set(...)`` or by giving a Convo its own
+:class:`PriceTable`.
 
 A :class:`PriceTable` is thread-safe: lookups and updates may run from any
 thread.
@@ -11,14 +17,18 @@ thread.
 
 from __future__ import annotations
 
+import re
 import threading
 from decimal import Decimal
+from typing import Mapping, TypeVar
 
 from attrs import field, frozen
 
 from .usage import Usage, _to_decimal
 
-__all__ = ["PRICES", "Price", "PriceTable"]
+__all__ = ["FREE", "PRICES", "Price", "PriceTable", "lookup_model"]
+
+_T = TypeVar("_T")
 
 _MILLION = Decimal(1_000_000)
 
@@ -48,6 +58,11 @@ class Price:
         )
         return micro / _MILLION
 
+    def worst_case(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """The most ``input_tokens`` in and ``output_tokens`` out can cost, whatever the cache does."""
+        rates = [self.input] + [r for r in (self.cache_write, self.cache_read) if r is not None]
+        return (input_tokens * max(rates) + output_tokens * self.output) / _MILLION
+
 
 FREE = Price(0, 0, 0, 0)
 
@@ -69,9 +84,11 @@ _DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4-5": _claude("5", "25"),
     "claude-opus-4-1": _claude("15", "75"),
     "claude-opus-4": _claude("15", "75"),
+    "claude-opus-4-0": _claude("15", "75"),
     "claude-sonnet-4-6": _claude("3", "15"),
     "claude-sonnet-4-5": _claude("3", "15"),
     "claude-sonnet-4": _claude("3", "15"),
+    "claude-sonnet-4-0": _claude("3", "15"),
     "claude-3-7-sonnet": _claude("3", "15"),
     "claude-3-5-sonnet": _claude("3", "15"),
     "claude-haiku-4-5": _claude("1", "5"),
@@ -102,41 +119,55 @@ _DEFAULT_PRICES: dict[str, Price] = {
 }
 
 
+# A dated snapshot suffix: -20250929, -2024-08-06, @20250929 (Vertex), OpenAI's older -0613, or -latest.
+_SNAPSHOT = re.compile(r"(?:[-@](?:\d{8}|\d{4}-\d{2}-\d{2})|-\d{4}|-latest)$")
+
+
+def lookup_model(table: Mapping[str, _T], model: str) -> _T | None:
+    """The entry of ``model`` in a per-model ``table``, or None.
+
+    ``model`` matches by its exact name, as a dated snapshot of a name in the
+    table (the date suffix removed), and, for a router's ``vendor/model``
+    name, as ``model`` by the same two rules. No other prefix matches.
+    """
+    for name in (model, model.rsplit("/", 1)[-1]) if "/" in model else (model,):
+        entry = table.get(name)
+        if entry is None:
+            base = _SNAPSHOT.sub("", name)
+            if base != name:
+                entry = table.get(base)
+        if entry is not None:
+            return entry
+    return None
+
+
 class PriceTable:
-    """Prices keyed by model name, looked up by exact name or longest prefix."""
+    """Prices keyed by model name; see :func:`lookup_model` for how a name matches.
+
+    Thread-safe: lookups and updates may run from any thread.
+    """
 
     def __init__(self, prices: dict[str, Price] | None = None) -> None:
         self._lock = threading.Lock()
         self._prices: dict[str, Price] = dict(_DEFAULT_PRICES if prices is None else prices)
 
     def set(self, model: str, price: Price) -> None:
-        """Add or replace the price of ``model`` (and of names it is a prefix of)."""
+        """Add or replace the price of ``model`` (and so of its dated snapshots)."""
         if not isinstance(price, Price):
-            raise TypeError(f"price must be a convo.Price, got {type(price).__name__}")
+            from .errors import ArgumentTypeError
+
+            raise ArgumentTypeError(f"price must be a convo.Price, got {type(price).__name__}")
+        if not isinstance(model, str) or not model:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(f"model must be a non-empty str, got {model!r}")
         with self._lock:
             self._prices[model] = price
 
     def lookup(self, model: str) -> Price | None:
-        """The price of ``model``, or None if no known name or prefix matches.
-
-        A router's ``vendor/model`` name (OpenRouter's ``openai/gpt-4o``) is
-        priced as ``model`` when the full name has no price of its own.
-        """
+        """The price of ``model``, or None if it is unpriced."""
         with self._lock:
-            price = self._lookup(model)
-            if price is None and "/" in model:
-                price = self._lookup(model.rsplit("/", 1)[1])
-            return price
-
-    def _lookup(self, model: str) -> Price | None:
-        price = self._prices.get(model)
-        if price is not None:
-            return price
-        best = ""
-        for name in self._prices:
-            if model.startswith(name) and len(name) > len(best) and _at_boundary(model, name):
-                best = name
-        return self._prices[best] if best else None
+            return lookup_model(self._prices, model)
 
     def cost(self, model: str, usage: Usage) -> Decimal | None:
         """The dollar cost of ``usage`` on ``model``, or None if the model is unpriced."""
@@ -149,12 +180,6 @@ class PriceTable:
 
     def __repr__(self) -> str:
         return f"PriceTable({len(self._prices)} models)"
-
-
-def _at_boundary(model: str, prefix: str) -> bool:
-    # "o1" must not price "o1x" or "gpt-4o" price "gpt-4oo"; a prefix ends at a separator.
-    rest = model[len(prefix):]
-    return not rest or rest[0] in "-:@/."
 
 
 PRICES = PriceTable()

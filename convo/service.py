@@ -5,6 +5,21 @@ either at once (``do``) or as a stream of events whose last one,
 :class:`StreamDone`, carries the assembled response. Services must be safe
 to call from several threads at once: one service is shared by a Convo and
 all its sub-convos.
+
+Besides the three methods of :class:`Service`, a Convo uses these when a
+service has them:
+
+- ``model``: the model name requests go to; a budget reserves each
+  request's worst case at this model's price before sending.
+- ``max_tokens``: the reply length cap used when a request sets none.
+- ``price()``: the service's own :class:`~convo.Price` when the price
+  table does not know its model (a local model returns ``FREE``).
+- ``close()``, and use as a context manager: release connections.
+
+A streaming service yields :class:`UsageUpdate` whenever the provider
+reports usage before the end (Anthropic does at the start and end of a
+message), so a stream that is abandoned or fails part-way still counts
+the tokens the provider bills for it.
 """
 
 from __future__ import annotations
@@ -14,6 +29,7 @@ from typing import ClassVar, Iterable, Iterator, Protocol, Union, runtime_checka
 from attrs import frozen
 
 from .messages import Block, Request, Response, Text, Thinking, ToolUse
+from .usage import Usage
 
 __all__ = [
     "BlockDone",
@@ -23,6 +39,7 @@ __all__ = [
     "TextDelta",
     "ThinkingDelta",
     "ToolInputDelta",
+    "UsageUpdate",
     "collect",
     "stream_from_response",
 ]
@@ -67,6 +84,17 @@ class BlockDone:
 
 
 @frozen
+class UsageUpdate:
+    """The provider's usage report so far, for the whole reply (not an increment).
+
+    A Convo consumes these: they are not passed on to the caller's stream.
+    """
+
+    type: ClassVar[str] = "usage_update"
+    usage: Usage
+
+
+@frozen
 class StreamDone:
     """The stream ended; ``response`` is the whole reply, as ``do()`` would return it."""
 
@@ -74,7 +102,7 @@ class StreamDone:
     response: Response
 
 
-StreamEvent = Union[TextDelta, ThinkingDelta, ToolInputDelta, BlockDone, StreamDone]
+StreamEvent = Union[TextDelta, ThinkingDelta, ToolInputDelta, BlockDone, UsageUpdate, StreamDone]
 
 
 @runtime_checkable

@@ -29,8 +29,10 @@ from typing import Any, Callable, Iterable, Iterator, Union
 import attrs
 from attrs import frozen
 
-from .errors import ConvoError
+from ._time import now
+from .errors import ArgumentTypeError, ConvoError
 from .messages import Request, Response, StopReason, Text, ToolUse
+from .pricing import FREE, Price
 from .service import StreamEvent, stream_from_response
 from .usage import Usage
 
@@ -45,9 +47,9 @@ def reply(text: str = "", *, tool_uses: Iterable[ToolUse] = (), usage: Usage | N
     """A :class:`~convo.Response` with ``text`` and/or ``tool_uses``.
 
     The stop reason is ``tool_use`` when there are tool uses, else
-    ``end_turn``. The default model, ``"scripted"``, has no price, so its
-    replies count as unpriced; give a priced model name (or a usage with
-    ``cost_usd``) to exercise budgets.
+    ``end_turn``. A reply from the default model, ``"scripted"``, costs $0
+    (a :class:`ScriptedService` is free); give a priced model name (or a
+    usage with ``cost_usd``) to exercise budgets.
     """
     blocks: list[Any] = list(content)
     if text:
@@ -77,17 +79,24 @@ class ScriptedService:
     :class:`ScriptExhausted` is raised. Every request received is appended
     to ``requests``; replies get fresh start and end times.
 
+    Pricing: a reply whose model the price table knows is priced at that
+    model's rates; any other reply costs $0 (this is a fake, and warns about
+    nothing). A budget reserves each request's worst case at ``model``'s
+    price and ``max_tokens``: give a priced ``model`` (``"claude-haiku-4-5"``)
+    to test budgets as hard caps.
+
     Thread-safe: concurrent requests take script entries one at a time.
     """
 
     def __init__(self, replies: Iterable[Reply] = (), *, default: Reply | None = None,
-                 context_window: int = 200_000, model: str = "scripted") -> None:
+                 context_window: int = 200_000, model: str = "scripted", max_tokens: int = 4096) -> None:
         self._lock = threading.Lock()
         self._script = list(replies)
         self.default = default
         self.requests: list[Request] = []
         self.context_window = context_window
         self.model = model
+        self.max_tokens = max_tokens
 
     def add(self, *replies: Reply) -> None:
         """Append replies to the script."""
@@ -100,9 +109,7 @@ class ScriptedService:
             return len(self._script)
 
     def do(self, request: Request) -> Response:
-        from datetime import datetime, timezone
-
-        start = datetime.now(timezone.utc)
+        start = now()
         with self._lock:
             self.requests.append(request)
             if self._script:
@@ -115,8 +122,8 @@ class ScriptedService:
             raise item
         response = item(request) if callable(item) else item
         if not isinstance(response, Response):
-            raise TypeError(f"a script entry produced {type(response).__name__}, not a convo.Response")
-        return attrs.evolve(response, start_time=start, end_time=datetime.now(timezone.utc))
+            raise ArgumentTypeError(f"a script entry produced {type(response).__name__}, not a convo.Response")
+        return attrs.evolve(response, start_time=start, end_time=now())
 
     def stream(self, request: Request) -> Iterator[StreamEvent]:
         """The scripted reply as stream events (text deltas, blocks, then StreamDone)."""
@@ -124,6 +131,19 @@ class ScriptedService:
 
     def token_context_window(self) -> int:
         return self.context_window
+
+    def price(self) -> Price:
+        """What a reply costs when the price table does not know its model: nothing."""
+        return FREE
+
+    def close(self) -> None:
+        """Nothing to release; here so a ScriptedService stands in for any service."""
+
+    def __enter__(self) -> "ScriptedService":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"ScriptedService(remaining={self.remaining}, requests={len(self.requests)})"
@@ -180,6 +200,9 @@ class RecordingListener:
 
     def on_error(self, convo, request, error) -> None:
         self._add("error", convo, request, error)
+
+    def on_usage(self, convo, usage) -> None:
+        self._add("usage", convo, usage)
 
     def on_tool_call(self, convo, tool_use) -> None:
         self._add("tool_call", convo, tool_use)

@@ -8,12 +8,16 @@ order, from any number of threads, are exact to the last digit.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import attrs
 from attrs import define, field, frozen
+
+from . import _time
+from .errors import ConfigurationError
+from ._time import now
 
 __all__ = ["CumulativeUsage", "Usage"]
 
@@ -29,7 +33,7 @@ def _to_decimal(value) -> Decimal | None:
 
 def _nonneg_int(instance, attribute, value):
     if not isinstance(value, int) or value < 0:
-        raise ValueError(f"Usage.{attribute.name} must be a non-negative int, got {value!r}")
+        raise ConfigurationError(f"Usage.{attribute.name} must be a non-negative int, got {value!r}")
 
 
 @frozen
@@ -90,11 +94,7 @@ class Usage:
         return cls(**{k: v for k, v in d.items() if k in known and v is not None})
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-@define
+@define(on_setattr=attrs.setters.NO_OP)  # add() runs per reply under a lock: keep assignment plain
 class CumulativeUsage:
     """A conversation's running totals, including every sub-conversation below it.
 
@@ -102,7 +102,7 @@ class CumulativeUsage:
     changes under you.
     """
 
-    start_time: datetime = field(factory=_now)
+    start_time: datetime = field(factory=now)
     responses: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -113,9 +113,15 @@ class CumulativeUsage:
     tool_uses: dict = field(factory=dict)
     unpriced_responses: int = 0
 
-    def add(self, usage: Usage) -> None:
-        """Count one response's usage (not thread-safe: the Convo holds a lock around it)."""
-        self.responses += 1
+    def add(self, usage: Usage, *, response: bool = True) -> None:
+        """Count one response's usage (not thread-safe: the Convo holds a lock around it).
+
+        ``response=False`` counts tokens and dollars of a reply that never
+        completed (a stream that failed or was abandoned after the provider
+        reported usage) without counting a response.
+        """
+        if response:
+            self.responses += 1
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.cache_creation_input_tokens += usage.cache_creation_input_tokens
@@ -141,7 +147,7 @@ class CumulativeUsage:
 
     def wall_time(self, now: datetime | None = None) -> float:
         """Seconds since counting started."""
-        return ((now or _now()) - self.start_time).total_seconds()
+        return ((now or _time.now()) - self.start_time).total_seconds()
 
     def dollars_per_hour(self, now: datetime | None = None) -> Decimal:
         """Spending rate since counting started (0 in the first instant)."""

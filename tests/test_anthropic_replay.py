@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convo import errors
-from convo._retry import RetryPolicy
-from convo._sse import iter_sse
-from convo.anthropic import AnthropicService, stream_events, to_wire
+from convo.providers._retry import RetryPolicy
+from convo.providers._sse import iter_sse
+from convo.providers.anthropic import AnthropicService, stream_events, to_wire
 from convo.messages import (
     Message,
     RawBlock,
@@ -37,7 +37,7 @@ from convo.messages import (
 )
 from convo.pricing import PRICES
 from convo.service import BlockDone, StreamDone, TextDelta, ThinkingDelta, ToolInputDelta
-from tests.fixtures import load, recorded_files
+from tests.recordings import load, recorded_files
 from tests.servers import Reply, ScriptedHTTPServer
 
 KEY = "sk-ant-test-key"

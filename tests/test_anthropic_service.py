@@ -12,10 +12,11 @@ from structlog.testing import capture_logs
 
 from convo import errors
 from convo._cancel import CancelToken, cancel_scope, current_token
-from convo._retry import RetryPolicy
-from convo.anthropic import API_VERSION, DEFAULT_MODEL, AnthropicService
+from convo.providers._retry import RetryPolicy
+from convo.providers.anthropic import API_VERSION, DEFAULT_MODEL, AnthropicService
 from convo.messages import Message, Request, Text, ThinkingConfig, ToolSpec
-from convo.service import StreamDone, TextDelta
+from convo.service import StreamDone, TextDelta, UsageUpdate
+from convo.usage import Usage
 from tests import messages_server as ms
 from tests.servers import Reply, ScriptedHTTPServer, closed_port
 from tests.test_anthropic_replay import sse_from_message
@@ -253,7 +254,8 @@ class TestRetries:
                 for event in svc(server.url).stream(req()):
                     seen.append(event)
         assert len(server.requests) == 1
-        assert seen == [TextDelta(0, "a ")]
+        # message_start's usage, then the one delta that arrived
+        assert seen == [UsageUpdate(Usage(input_tokens=5, output_tokens=1)), TextDelta(0, "a ")]
         assert info.value.request_id == "req_cut"
 
     def test_stream_drops_share_the_retry_budget(self):

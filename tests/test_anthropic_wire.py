@@ -1,4 +1,4 @@
-"""The pure conversions of convo.anthropic: request mapping, reply parsing, errors, SSE assembly."""
+"""The pure conversions of convo.providers.anthropic: request mapping, reply parsing, errors, SSE assembly."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from convo import errors
-from convo._sse import iter_sse
-from convo.anthropic import error_from_body, from_wire, stream_events, to_wire, usage_from_wire
+from convo.providers._sse import iter_sse
+from convo.providers.anthropic import error_from_body, from_wire, stream_events, to_wire, usage_from_wire
 from convo.messages import (
     Document,
     Image,
@@ -26,7 +26,7 @@ from convo.messages import (
     ToolSpec,
     ToolUse,
 )
-from convo.service import BlockDone, StreamDone, TextDelta, ToolInputDelta
+from convo.service import BlockDone, StreamDone, TextDelta, ToolInputDelta, UsageUpdate
 from convo.usage import Usage
 
 
@@ -257,7 +257,8 @@ class TestErrors:
         (None, "api_error", errors.ServerError),
     ])
     def test_typed(self, status, etype, cls):
-        e = error_from_body(status, {"type": "error", "error": {"type": etype, "message": "m"}}, "req_1")
+        e = error_from_body(status, {"type": "error", "error": {"type": etype, "message": "m"}},
+                            request_id="req_1")
         assert type(e) is cls
         assert (e.status_code, e.error_type, e.message, e.request_id) == (status, etype, "m", "req_1")
 
@@ -310,6 +311,25 @@ class TestStreamAssembly:
         events = events_of(sse(START, message_delta(output_tokens=30, input_tokens=None), STOP))
         assert events[-1].response.usage == Usage(input_tokens=10, output_tokens=30, cache_read_input_tokens=5)
 
+    def test_usage_so_far_is_reported_at_the_start_and_on_each_delta(self):
+        """Each UsageUpdate is the whole reply's usage so far, built as the final usage is."""
+        events = events_of(sse(START, block_start(0, {"type": "text", "text": ""}),
+                               delta(0, {"type": "text_delta", "text": "hi"}),
+                               message_delta(output_tokens=12), message_delta(output_tokens=30),
+                               block_stop(0), STOP))
+        updates = [e.usage for e in events if isinstance(e, UsageUpdate)]
+        assert updates == [Usage(input_tokens=10, output_tokens=1, cache_read_input_tokens=5),
+                           Usage(input_tokens=10, output_tokens=12, cache_read_input_tokens=5),
+                           Usage(input_tokens=10, output_tokens=30, cache_read_input_tokens=5)]
+        assert isinstance(events[0], UsageUpdate)
+        assert updates[-1] == events[-1].response.usage
+
+    def test_usage_update_with_compaction_iterations_is_their_sum(self):
+        iterations = [{"input_tokens": 100, "output_tokens": 20}, {"input_tokens": 40, "output_tokens": 7}]
+        events = events_of(sse(START, message_delta(output_tokens=7, iterations=iterations), STOP))
+        update = [e for e in events if isinstance(e, UsageUpdate)][-1]
+        assert update.usage == events[-1].response.usage == Usage(input_tokens=140, output_tokens=27)
+
     def test_citations_delta(self):
         cite = {"type": "char_location", "cited_text": "sky is blue", "document_index": 0}
         events = events_of(sse(START, block_start(0, {"type": "text", "text": ""}),
@@ -350,7 +370,8 @@ class TestStreamAssembly:
                                block_stop(0), message_delta("tool_use", output_tokens=9), STOP))
         assert [e for e in events if isinstance(e, ToolInputDelta)] == [
             ToolInputDelta(0, "toolu_9", "f", '{"a": '), ToolInputDelta(0, "toolu_9", "f", "[1]}")]
-        assert events[-2] == BlockDone(0, ToolUse("toolu_9", "f", {"a": [1]}))
+        assert events[-3:-1] == [BlockDone(0, ToolUse("toolu_9", "f", {"a": [1]})),
+                                 UsageUpdate(Usage(input_tokens=10, output_tokens=9, cache_read_input_tokens=5))]
         assert events[-1].response.stop_reason == StopReason.TOOL_USE
 
     def test_error_event_is_a_typed_error(self):
@@ -362,7 +383,8 @@ class TestStreamAssembly:
         with pytest.raises(errors.OverloadedError) as info:
             for e in stream:
                 seen.append(e)
-        assert seen == [TextDelta(0, "par")]
+        assert seen == [UsageUpdate(Usage(input_tokens=10, output_tokens=1, cache_read_input_tokens=5)),
+                        TextDelta(0, "par")]
         assert (info.value.status_code, info.value.error_type, info.value.message, info.value.request_id) == (
             None, "overloaded_error", "Overloaded", "req_7")
 

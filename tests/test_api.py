@@ -13,6 +13,8 @@ PUBLIC = [
     "Service", "StopReason", "StreamDone", "Text", "TextDelta", "Thinking", "ThinkingConfig", "ThinkingDelta",
     "Tool", "ToolCallInfo", "ToolChoice", "ToolDefinitionError", "ToolInputDelta", "ToolOut", "ToolResult",
     "ToolSpec", "ToolUse", "UnknownToolUseError", "Usage", "combine_listeners", "tool", "tool_call_info",
+    "ArgumentTypeError", "ConversationBusy", "ConversationClosed", "FREE", "Stream", "UnpricedModel",
+    "UsageUpdate", "ToolInputError",
 ]
 
 

@@ -6,11 +6,13 @@ import sys
 
 import pytest
 
-from convo.anthropic import AnthropicService
-from convo.detect import default_service, provider_for_model
+from convo.providers.anthropic import AnthropicService
+from convo.providers.detect import default_service, provider_for_model
 from convo.errors import ConfigurationError, MissingAPIKeyError, ProviderNotDetected
-from convo.local import DEFAULT_MODEL, LocalService, default_model_path
-from convo.openai import OpenAIService
+from convo.providers.local import DEFAULT_MODEL, LocalService, default_model_path
+from convo.providers.openai import OpenAIService
+from convo.messages import Message, Request
+from tests.servers import Reply, ScriptedHTTPServer
 
 SECRET = "sk-test-not-a-real-key-1234567890"
 
@@ -18,7 +20,7 @@ SECRET = "sk-test-not-a-real-key-1234567890"
 @pytest.fixture
 def clean_env(monkeypatch):
     """No provider variables set."""
-    for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -158,3 +160,68 @@ class TestFromEnvironment:
 
         clean_env.setenv("OPENAI_API_KEY", SECRET)
         assert isinstance(Convo().service, OpenAIService)
+
+
+class TestOpenAIBaseURL:
+    """OPENAI_BASE_URL points every path that can reach an OpenAI-compatible server at it, with no key needed."""
+
+    URL = "http://127.0.0.1:11434/v1"
+
+    def test_no_model_and_no_keys_goes_to_the_base_url(self, clean_env):
+        clean_env.setenv("OPENAI_BASE_URL", self.URL)
+        service = default_service()
+        assert isinstance(service, OpenAIService)
+        assert service.base_url == self.URL
+        assert "api_key=none" in repr(service)
+
+    def test_it_really_answers_there_without_a_key(self, clean_env):
+        reply = Reply.json({"id": "c", "model": "m", "usage": None, "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]})
+        with ScriptedHTTPServer([reply]) as server:
+            clean_env.setenv("OPENAI_BASE_URL", server.url + "/v1")
+            assert default_service().do(Request([Message.user("hello")])).text() == "hi"
+        assert server.requests[0].path == "/v1/chat/completions"
+        assert "authorization" not in server.requests[0].headers
+
+    def test_keys_come_first(self, clean_env):
+        clean_env.setenv("OPENAI_BASE_URL", self.URL)
+        clean_env.setenv("ANTHROPIC_API_KEY", SECRET)
+        assert isinstance(default_service(), AnthropicService)
+        clean_env.delenv("ANTHROPIC_API_KEY")
+        clean_env.setenv("OPENAI_API_KEY", SECRET)
+        service = default_service()
+        assert isinstance(service, OpenAIService) and service.base_url == self.URL
+        assert "api_key=set" in repr(service)
+
+    @pytest.mark.parametrize("model", ["gpt-4.1-mini", "o3", "qwen2.5:7b", "meta-llama/Llama-3.1-8B"])
+    def test_a_named_model_goes_there_without_a_key(self, clean_env, model):
+        clean_env.setenv("OPENAI_BASE_URL", self.URL)
+        service = default_service(model)
+        assert isinstance(service, OpenAIService)
+        assert (service.model, service.base_url) == (model, self.URL)
+
+    def test_claude_and_local_models_keep_their_providers(self, clean_env):
+        clean_env.setenv("OPENAI_BASE_URL", self.URL)
+        assert isinstance(default_service("local"), LocalService)
+        with pytest.raises(MissingAPIKeyError, match="ANTHROPIC_API_KEY"):
+            default_service("claude-haiku-4-5")
+
+    def test_a_blank_base_url_is_unset(self, clean_env):
+        clean_env.setenv("OPENAI_BASE_URL", "  ")
+        with pytest.raises(MissingAPIKeyError, match="OPENAI_API_KEY"):
+            default_service("gpt-4o")
+        with pytest.raises(ProviderNotDetected):
+            default_service("llama3.2")
+
+    def test_the_base_url_of_openai_itself_still_needs_a_key(self, clean_env):
+        clean_env.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")
+        with pytest.raises(MissingAPIKeyError, match="OPENAI_API_KEY"):
+            default_service("gpt-4o")
+
+
+class TestAnthropicBaseURL:
+    def test_a_claude_model_goes_to_anthropic_base_url(self, clean_env):
+        clean_env.setenv("ANTHROPIC_API_KEY", SECRET)
+        clean_env.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:8082")
+        for service in (default_service("claude-haiku-4-5"), default_service()):
+            assert isinstance(service, AnthropicService) and service.base_url == "http://127.0.0.1:8082"

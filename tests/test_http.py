@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from convo import RetryPolicy, _http
+from convo import RetryPolicy
 from convo.errors import ProviderError
+from convo.providers import _http
 from tests.servers import Reply, ScriptedHTTPServer
+
+
+def refuse(status, body, request_id=None) -> ProviderError:
+    return ProviderError("bad", status_code=status)
 
 
 def get(session, url: str):
     resp = _http.send(session, url, None, headers={}, timeout=5, retry=RetryPolicy.none(), method="GET",
-                      error_from_response=lambda r: ProviderError("bad", status_code=r.status_code))
+                      error_from_body=refuse)
     resp.close()
     return resp
 
@@ -76,7 +81,7 @@ class TestPostJson:
         text = '{"answer": 42, "padding": "' + "x" * 200 + '"}'
         cut = Reply(200, b"", {"content-type": "application/json"}, chunks=(text[:30], text[30:]), drop_after=1)
         whole = Reply(200, text, {"content-type": "application/json"})
-        kwargs = dict(headers={}, timeout=5, error_from_response=lambda r: ProviderError("bad"))
+        kwargs = dict(headers={}, timeout=5, error_from_body=refuse)
         with ScriptedHTTPServer([cut, whole]) as server:
             data, resp = _http.post_json(_http.new_session(), server.url, {"q": 1},
                                          retry=RetryPolicy(max_attempts=2, initial_delay=0.01), **kwargs)
@@ -92,4 +97,4 @@ class TestPostJson:
         with ScriptedHTTPServer([Reply(200, '{"cut": ', {"content-type": "application/json"})]) as server:
             with pytest.raises(_http.ResponseFormatError, match="not JSON"):
                 _http.post_json(_http.new_session(), server.url, {}, headers={}, timeout=5,
-                                retry=RetryPolicy.none(), error_from_response=lambda r: ProviderError("bad"))
+                                retry=RetryPolicy.none(), error_from_body=refuse)

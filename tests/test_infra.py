@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 
 from convo import Cancelled, RetryPolicy
 from convo._cancel import CancelToken, cancel_scope, current_token
-from convo._sse import SSEEvent, iter_sse
+from convo.providers._sse import SSEEvent, iter_sse
 
 STREAM = (
     b"event: message_start\r\ndata: {\"a\": 1}\r\n\r\n"
@@ -41,6 +41,51 @@ class TestSSE:
 
     def test_unterminated_final_event_is_kept(self):
         assert list(iter_sse([b"data: tail"])) == [SSEEvent("message", "tail")]
+
+    def test_cr_at_a_chunk_end_then_lf_is_one_line_ending(self):
+        assert list(iter_sse([b"data: a\r", b"\ndata: b\r", b"\r", b"\n"])) == [SSEEvent("message", "a\nb")]
+
+    def test_a_line_split_over_many_chunks(self):
+        data = "é" * 1000
+        raw = f"data: {data}\n\n".encode()
+        assert list(iter_sse(raw[i:i + 1] for i in range(len(raw)))) == [SSEEvent("message", data)]
+
+    def test_five_megabytes_in_one_chunk_parse_in_linear_time(self):
+        """Re-slicing a buffer per line made this take half a minute; scanning once takes a fraction of a second."""
+        raw = b"".join(b'event: content_block_delta\ndata: {"i": %d}\n\n' % i for i in range(120_000))
+        assert len(raw) > 5_000_000
+        start = time.perf_counter()
+        events = list(iter_sse([raw]))
+        took = time.perf_counter() - start
+        assert len(events) == 120_000 and events[-1] == SSEEvent("content_block_delta", '{"i": 119999}')
+        assert took < 2.0
+
+    @given(st.data())
+    def test_any_stream_in_any_chunks_gives_its_events(self, data):
+        """Events written with any mix of CR, LF and CRLF, cut anywhere, come back as written."""
+        text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=8)
+        written = data.draw(st.lists(st.tuples(st.sampled_from(["", "ping", "délta"]),
+                                               st.lists(text, min_size=1, max_size=3)), max_size=5))
+        raw = b""
+
+        def line(text: str = "") -> bytes:
+            end = data.draw(st.sampled_from([b"\n", b"\r", b"\r\n"]))
+            if raw.endswith(b"\r") and not text and end == b"\n":
+                end = b"\r\n"  # a CR then a LF would be one CRLF, not two line endings
+            return text.encode() + end
+
+        for name, lines in written:
+            if data.draw(st.booleans()):
+                raw += line(": comment")
+            if name:
+                raw += line(f"event: {name}")
+            for text_line in lines:
+                raw += line(f"data: {text_line}")
+            raw += line()
+        cuts = sorted(set(data.draw(st.lists(st.integers(0, len(raw)), max_size=10))))
+        pieces = [raw[a:b] for a, b in zip([0] + cuts, cuts + [len(raw)])]
+        expected = [SSEEvent(name or "message", "\n".join(lines)) for name, lines in written]
+        assert list(iter_sse(pieces)) == expected
 
 
 class TestRetryPolicy:

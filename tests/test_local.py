@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from decimal import Decimal
 from enum import Enum
@@ -22,7 +23,7 @@ from convo.errors import (
     InvalidRequestError,
     ResponseFormatError,
 )
-from convo.local import (
+from convo.providers.local import (
     DEFAULT_MODEL,
     LocalService,
     _StopScanner,
@@ -45,7 +46,9 @@ from convo.messages import (
     ToolSpec,
     ToolUse,
 )
-from convo.service import BlockDone, StreamDone, TextDelta, ToolInputDelta
+from convo.pricing import FREE
+from convo.service import BlockDone, StreamDone, TextDelta, ToolInputDelta, UsageUpdate
+from convo.usage import Usage
 
 MAX_TOKENS = 24
 
@@ -216,7 +219,8 @@ class TestStopScanner:
             if hit is not None:
                 break
         if hit is None:
-            out += scanner.flush()
+            rest, hit = scanner.flush()
+            out += rest
         found = [(text.find(s), s) for s in stops if s in text]
         if found:
             at = min(found)[0]
@@ -319,6 +323,18 @@ class TestUsage:
         assert response.usage.input_tokens == len(expected)
         assert 1 <= response.usage.output_tokens <= 4
         assert response.usage.cache_read_input_tokens == 0
+
+    def test_a_stream_reports_the_prompt_tokens_once_evaluated(self, service):
+        events = list(service.stream(ask("Say hi.", max_tokens=4)))
+        updates = [i for i, e in enumerate(events) if isinstance(e, UsageUpdate)]
+        assert len(updates) == 1
+        first_text = next(i for i, e in enumerate(events) if isinstance(e, TextDelta))
+        assert updates[0] < first_text
+        final = events[-1].response.usage
+        assert events[updates[0]].usage == Usage(input_tokens=final.input_tokens, cost_usd=Decimal(0))
+
+    def test_the_price_is_free(self, service):
+        assert service.price() == FREE
 
     def test_cost_is_exactly_zero_not_unpriced(self, service):
         usage = service.do(ask("Hi", max_tokens=2)).usage
@@ -547,3 +563,50 @@ class TestThreads:
         LocalService(n_ctx=128).load()
         assert lowlevel.llama_model_default_params is before
         assert lowlevel.llama_model_default_params().use_extra_bufts is True
+
+
+class TestLifetime:
+    def test_close_frees_the_model_and_a_later_request_loads_it_again(self):
+        with LocalService(n_ctx=256, max_tokens=2) as svc:
+            svc.load()
+            assert svc.load_seconds > 0
+            svc.close()
+            assert svc.load_seconds is None  # nothing loaded
+            assert svc.do(ask("Hi")).usage.output_tokens >= 1
+            assert svc.load_seconds > 0
+        assert svc.load_seconds is None  # the with block closed it
+
+    def test_close_from_the_thread_reading_a_stream_is_refused(self, service):
+        stream = service.stream(ask("Tell me a story.", max_tokens=20))
+        next(stream)
+        try:
+            with pytest.raises(ConfigurationError, match="still reading"):
+                service.close()
+        finally:
+            stream.close()
+        assert service.load_seconds is not None  # still loaded
+
+
+class TestSilence:
+    """Nothing is ever printed: not by convo, not by llama.cpp's C code."""
+
+    def test_loading_generating_and_failing_print_nothing(self, capfd, caplog, tmp_path):
+        import structlog
+
+        structlog.reset_defaults()  # another test's capture_logs() leaves structlog printing to stdout
+        capfd.readouterr()
+        caplog.set_level(logging.DEBUG, logger="convo")
+        with LocalService(n_ctx=512, max_tokens=8, temperature=0.0) as svc:
+            svc.do(ask("Hi"))
+            list(svc.stream(ask("What's the weather in Paris?", tools=[WEATHER], tool_choice=ToolChoice.any())))
+            with pytest.raises(ConfigurationError, match="grammar"):
+                svc._check_grammar(svc._loaded, "root ::= (\n")
+        bogus = tmp_path / "bogus.gguf"
+        bogus.write_bytes(b"GGUF but not really")
+        with pytest.raises(ConfigurationError):
+            LocalService(bogus).load()
+        out, err = capfd.readouterr()
+        assert (out, err) == ("", "")
+        # llama.cpp's complaints went to convo's logger instead
+        events = {r.getMessage().split()[0] for r in caplog.records}
+        assert {"llama_cpp_stderr", "llama_cpp_log"} <= events

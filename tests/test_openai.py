@@ -42,7 +42,7 @@ from convo import (
     Usage,
 )
 from convo._cancel import CancelToken, cancel_scope
-from convo.openai import (
+from convo.providers.openai import (
     CONTEXT_WINDOWS,
     OpenAIService,
     StreamAssembler,
@@ -51,7 +51,7 @@ from convo.openai import (
     from_wire,
     to_wire,
 )
-from convo.service import BlockDone, TextDelta, ThinkingDelta, ToolInputDelta, collect
+from convo.service import BlockDone, TextDelta, ThinkingDelta, ToolInputDelta, UsageUpdate, collect
 from tests.servers import Reply, ScriptedHTTPServer, closed_port
 
 SECRET = "sk-test-SECRET-5678"
@@ -395,6 +395,7 @@ class TestStreamAssembler:
             BlockDone(0, Text("Let me check.")),
             BlockDone(1, ToolUse("call_1", "get_weather", {"city": "Rome"})),
             BlockDone(2, ToolUse("call_2", "noop", {})),
+            UsageUpdate(Usage(input_tokens=176, output_tokens=80, cache_read_input_tokens=1024, reasoning_tokens=64)),
             events[-1],
         ]
         response = events[-1].response
@@ -435,6 +436,15 @@ class TestStreamAssembler:
                            chunk({"content": "answer"}), chunk({}, "stop")])
         assert events[:3] == [ThinkingDelta(0, "think "), ThinkingDelta(0, "more"), TextDelta(1, "answer")]
         assert events[-1].response.content == (Thinking("think more"), Text("answer"))
+
+    def test_each_usage_chunk_reports_the_usage_so_far(self):
+        """vLLM's continuous usage stats put usage on every chunk; each one is the total so far."""
+        events = assemble([chunk({"content": "a"}, usage={"prompt_tokens": 9, "completion_tokens": 1}),
+                           chunk({"content": "b"}, usage={"prompt_tokens": 9, "completion_tokens": 2}),
+                           chunk({}, "stop")])
+        assert [e for e in events if isinstance(e, UsageUpdate)] == [
+            UsageUpdate(Usage(input_tokens=9, output_tokens=1)), UsageUpdate(Usage(input_tokens=9, output_tokens=2))]
+        assert events[-1].response.usage == Usage(input_tokens=9, output_tokens=2)
 
     def test_no_finish_reason_and_no_usage(self):
         events = assemble([chunk({"content": "hi"})])
@@ -484,9 +494,21 @@ class TestContextWindow:
         ("gpt-5", 400_000), ("gpt-5-mini", 400_000), ("o1", 200_000), ("o1-mini", 128_000),
         ("o3-mini", 200_000), ("o4-mini-2025-04-16", 200_000), ("gpt-4", 8_192), ("gpt-4-turbo", 128_000),
         ("openai/gpt-4.1", 1_047_576), ("smollm2", 128_000), ("gpt-4oo", 128_000), ("o10", 128_000),
+        ("gpt-4.1-nano", 1_047_576), ("gpt-5-nano", 400_000), ("chatgpt-4o-latest", 128_000),
+        ("openai/gpt-4o", 128_000), ("openai/gpt-4o-mini-2024-07-18", 128_000), ("gpt-4-0613", 8_192),
+        ("o1-2024-12-17", 200_000), ("gpt-5-chat-latest", 128_000), ("openai/gpt-oss-120b", 131_072),
     ])
     def test_table(self, model, window):
         assert context_window_for(model) == window
+
+    def test_names_match_by_the_one_rule_of_pricing(self):
+        """Exact names, dated snapshots and router names only: a longer name is not its prefix's family."""
+        from convo.pricing import lookup_model
+
+        for model in ("gpt-4.1-mini-2025-04-14", "openai/o3", "gpt-4o-search-preview", "gpt-4-turbo-new"):
+            assert context_window_for(model) == (lookup_model(CONTEXT_WINDOWS, model) or 128_000)
+        assert context_window_for("gpt-4-32k-0613") == 32_768
+        assert context_window_for("gpt-4-new-model") == 128_000  # unknown, not gpt-4's 8k
 
     def test_service_uses_the_table_or_its_override(self):
         assert OpenAIService(api_key="k", model="gpt-4.1").token_context_window() == 1_047_576
@@ -635,8 +657,9 @@ class TestStreaming:
         with ScriptedHTTPServer([Reply.sse(STREAM, chunk_size=4)]) as server:
             events = list(service(server).stream(REQ))
         assert events[:3] == [TextDelta(0, "Hel"), TextDelta(0, "lo"), BlockDone(0, Text("Hello"))]
-        assert isinstance(events[-1], StreamDone) and len(events) == 4
+        assert isinstance(events[-1], StreamDone) and len(events) == 5
         response = events[-1].response
+        assert events[3] == UsageUpdate(response.usage)
         assert response.text() == "Hello" and response.usage.cache_read_input_tokens == 1024
         sent = server.requests[0].json()
         assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}

@@ -37,7 +37,7 @@ from convo import (
     ToolUse,
     Usage,
 )
-from convo.openai import OpenAIService
+from convo.providers.openai import OpenAIService
 from convo.service import BlockDone, ToolInputDelta, collect
 
 # llama.cpp's AMX kernels fault (SIGSEGV in ldtilecfg) on VMs whose CPU
@@ -45,7 +45,7 @@ from convo.service import BlockDone, ToolInputDelta, collect
 # these tests were written on. The "extra buffer types" that select them are
 # only a speed-up, so where AMX is advertised the server is started with them
 # off; llama-cpp-python has no option for it, hence this small launcher
-# around `python -m llama_cpp.server` (convo.local does the same in-process).
+# around `python -m llama_cpp.server` (convo.providers.local does the same in-process).
 LAUNCHER = """
 import runpy, sys
 import llama_cpp

@@ -26,9 +26,9 @@ from convo import (
     ToolUse,
     Usage,
 )
-from convo.openai import OpenAIService, to_wire
+from convo.providers.openai import OpenAIService, to_wire
 from convo.service import BlockDone, TextDelta, ToolInputDelta, collect
-from tests.fixtures import load, recorded_files
+from tests.recordings import load, recorded_files
 from tests.servers import Reply, ScriptedHTTPServer
 
 _HOP_BY_HOP = {"content-length", "transfer-encoding", "connection", "content-encoding"}

@@ -1,0 +1,191 @@
+"""Running one reply's tool calls: concurrently, each settled exactly once, results in the order asked.
+
+A :class:`ToolCall` is settled once, by the thread that ran it or by a
+cancel, whichever comes first; a late result of a cancelled call is dropped.
+Calls run on :data:`convo._workers.TOOL_WORKERS`, at most
+``max_tool_workers`` threads per round: that many drain tasks take the
+round's calls one after another, so a round of 200 calls with a limit of 2
+uses 2 threads.
+
+Whatever a tool does becomes a result, never a crash or a hang: an unknown
+tool, input failing the schema, an exception, ``SystemExit`` or any other
+``BaseException`` is an error result the model reads. ``KeyboardInterrupt``
+also settles its call with an error result, and is then raised again in the
+thread that asked for the round, once every other call has settled.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from attrs import define, field
+
+from ._log import log
+from ._time import now
+from ._workers import TOOL_WORKERS
+from .messages import Response, StopReason, Text, ToolResult, ToolUse
+from .tools import DoNotRespond, Tool, ToolCallInfo, ToolInputError, ToolOut, _current_call, to_content
+
+if TYPE_CHECKING:
+    from .conversation import Convo
+
+__all__ = ["ToolCall", "ToolRound", "run_tool_calls"]
+
+#: What a result says for a call whose tool ran but asked for no result (DoNotRespond).
+NO_RESPONSE_TEXT = "the tool ran and returned no result"
+
+
+class ToolCall:
+    """One tool call of a reply, settled exactly once: by its worker or by a cancel."""
+
+    __slots__ = ("tool_use", "tool", "info", "lock", "settled", "result", "skip", "error", "start_time")
+
+    def __init__(self, tool_use: ToolUse, tool: Tool | None, info: ToolCallInfo) -> None:
+        self.tool_use = tool_use
+        self.tool = tool
+        self.info = info
+        self.lock = threading.Lock()
+        self.settled = threading.Event()
+        self.result: ToolResult | None = None
+        self.skip = False
+        self.error: BaseException | None = None
+        self.start_time = now()
+
+    def settle(self, result: ToolResult | None, *, skip: bool = False, error: BaseException | None = None) -> bool:
+        """Record the outcome; False if the call was already settled (the outcome is dropped)."""
+        with self.lock:
+            if self.settled.is_set():
+                return False
+            self.result, self.skip, self.error = result, skip, error
+            self.settled.set()
+            return True
+
+
+@define
+class ToolRound:
+    """What one reply's tool calls came to.
+
+    ``results`` are the results to send, in the order the model asked
+    (calls that asked for no result are left out); ``answers`` maps every
+    call's id to the result the model should read for it, those included
+    (so a later send can tell the model the truth about each).
+    """
+
+    results: list = field(factory=list)
+    answers: dict = field(factory=dict)
+    ends_turn: bool = False
+
+
+def run_tool_calls(convo: "Convo", response: Response) -> ToolRound:
+    """Run every tool call of ``response`` for ``convo`` and wait for all of them.
+
+    Raises:
+        KeyboardInterrupt: a tool raised it (after every call settled).
+    """
+    tool_uses = response.tool_uses()
+    if not tool_uses:
+        return ToolRound()
+    by_name = {t.name: t for t in convo.tools}
+    calls = [ToolCall(tu, by_name.get(tu.name), ToolCallInfo(tu.id, convo)) for tu in tool_uses]
+    if response.stop_reason == StopReason.MAX_TOKENS:
+        # The reply was cut off while the model wrote its last call: that
+        # input is partial (providers keep it as {}), and running a tool on
+        # a truncated argument list is never safe.
+        cut = calls[-1]
+        cut.settle(ToolResult(cut.tool_use.id,
+                              f"your call to {cut.tool_use.name!r} was cut off by the max_tokens limit before "
+                              "its input was complete, so it did not run; call it again with shorter input",
+                              is_error=True, start_time=cut.start_time, end_time=cut.start_time))
+    convo._register_calls(calls)
+    interrupted: list[BaseException] = []
+    try:
+        for call in calls:
+            convo._record_tool_use(call.tool_use.name)
+            convo._notify("on_tool_call", call.tool_use)
+            if call.settled.is_set():  # decided without running (cut off): the audit trail still sees it
+                convo._notify_result(call.tool_use, call.result, None)
+        todo = deque((call, contextvars.copy_context()) for call in calls if not call.settled.is_set())
+        if todo:
+            lock = threading.Lock()
+
+            def drain() -> None:
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        call, ctx = todo.popleft()
+                    if not call.settled.is_set():  # not cancelled while it waited for a thread
+                        ctx.run(_execute, convo, call, interrupted)
+
+            for _ in range(min(len(todo), convo.max_tool_workers or len(todo))):
+                TOOL_WORKERS.submit(drain)
+        for call in calls:
+            call.settled.wait()
+    finally:
+        convo._unregister_calls(calls)
+    round_ = ToolRound(ends_turn=any(c.tool is not None and c.tool.ends_turn for c in calls))
+    for call in calls:
+        if call.skip:
+            now_ = now()
+            round_.answers[call.tool_use.id] = ToolResult(call.tool_use.id, NO_RESPONSE_TEXT,
+                                                          start_time=call.start_time, end_time=now_)
+        elif call.result is not None:
+            round_.results.append(call.result)
+            round_.answers[call.tool_use.id] = call.result
+    if interrupted:
+        convo._hold_answers(round_.answers)
+        raise interrupted[0]
+    return round_
+
+
+def _execute(convo: "Convo", call: ToolCall, interrupted: list) -> None:
+    """Run one call in its own context (so ``tool_call_info()`` names it) and settle it."""
+    tu = call.tool_use
+    _current_call.set(call.info)
+    call.start_time = now()
+    error: BaseException | None = None
+    skip = False
+    display = None
+    content: Any = ()
+    is_error = False
+    if call.tool is None:
+        names = ", ".join(sorted(t.name for t in convo.tools)) or "none"
+        content, is_error = f"unknown tool {tu.name!r}; available tools: {names}", True
+    else:
+        problems = call.tool.validation_errors(tu.input)
+        if problems:
+            content, is_error = f"invalid input for tool {tu.name!r}: " + "; ".join(problems), True
+        else:
+            try:
+                out = call.tool.run(tu.input)
+                if isinstance(out, ToolOut):
+                    display, is_error, out = out.display, out.error, out.content
+                content = to_content(out)
+                size = sum(len(b.text) for b in content if isinstance(b, Text))
+                if size > convo.max_tool_result_chars:
+                    content = (f"tool {tu.name!r} returned {size} characters, more than the "
+                               f"limit of {convo.max_tool_result_chars}; ask for less")
+                    is_error = True
+            except DoNotRespond:
+                skip = True
+            except ToolInputError as exc:  # the model's input, not the tool, is at fault: say so as validation does
+                error = exc
+                content, is_error = f"invalid input for tool {tu.name!r}: {exc}", True
+            except BaseException as exc:  # SystemExit and friends too: a tool never hangs or kills the loop
+                error = exc
+                content, is_error = f"tool {tu.name!r} failed: {type(exc).__name__}: {exc}", True
+                if isinstance(exc, KeyboardInterrupt):
+                    interrupted.append(exc)
+                    content = f"tool {tu.name!r} was interrupted (KeyboardInterrupt)"
+                log.warning("tool_failed", convo_id=convo.id, tool=tu.name, tool_use_id=tu.id,
+                            error=f"{type(exc).__name__}: {exc}", exc_info=not isinstance(exc, KeyboardInterrupt))
+    result = None if skip else ToolResult(tu.id, content, is_error=is_error, start_time=call.start_time,
+                                          end_time=now(), display=display)
+    if call.settle(result, skip=skip, error=error):
+        if not skip:
+            convo._notify_result(tu, result, error)
+    else:
+        log.info("tool_result_discarded", convo_id=convo.id, tool=tu.name, tool_use_id=tu.id, reason="cancelled")
