@@ -88,8 +88,10 @@ def run_tool_calls(convo: "Convo", response: Response) -> ToolRound:
     tool_uses = response.tool_uses()
     if not tool_uses:
         return ToolRound()
-    by_name = {t.name: t for t in convo.tools}
+    tools = convo.available_tools()
+    by_name = {t.name: t for t in tools}
     calls = [ToolCall(tu, by_name.get(tu.name), ToolCallInfo(tu.id, convo)) for tu in tool_uses]
+    names = ", ".join(sorted(by_name)) or "none"
     if response.stop_reason == StopReason.MAX_TOKENS:
         # The reply was cut off while the model wrote its last call: that
         # input is partial (providers keep it as {}), and running a tool on
@@ -118,7 +120,7 @@ def run_tool_calls(convo: "Convo", response: Response) -> ToolRound:
                             return
                         call, ctx = todo.popleft()
                     if not call.settled.is_set():  # not cancelled while it waited for a thread
-                        ctx.run(_execute, convo, call, interrupted)
+                        ctx.run(_execute, convo, call, names, interrupted)
 
             for _ in range(min(len(todo), convo.max_tool_workers or len(todo))):
                 TOOL_WORKERS.submit(drain)
@@ -141,7 +143,7 @@ def run_tool_calls(convo: "Convo", response: Response) -> ToolRound:
     return round_
 
 
-def _execute(convo: "Convo", call: ToolCall, interrupted: list) -> None:
+def _execute(convo: "Convo", call: ToolCall, names: str, interrupted: list) -> None:
     """Run one call in its own context (so ``tool_call_info()`` names it) and settle it."""
     tu = call.tool_use
     _current_call.set(call.info)
@@ -152,7 +154,6 @@ def _execute(convo: "Convo", call: ToolCall, interrupted: list) -> None:
     content: Any = ()
     is_error = False
     if call.tool is None:
-        names = ", ".join(sorted(t.name for t in convo.tools)) or "none"
         content, is_error = f"unknown tool {tu.name!r}; available tools: {names}", True
     else:
         problems = call.tool.validation_errors(tu.input)

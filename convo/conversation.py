@@ -170,6 +170,10 @@ class Convo:
             ``ThinkingConfig(budget_tokens=2048)``.
         prices: the :class:`~convo.PriceTable` to price replies with.
         max_tool_result_chars: longer tool results become error results.
+        mcp_servers: :class:`convo.MCPServer` objects (or any object with
+            ``name``, ``tools()`` and ``close()``) whose tools join this
+            convo's, listed afresh for every request; sub-convos inherit
+            them, and :meth:`close` stops them.
         parent: set by :meth:`sub_convo`.
 
     Raises:
@@ -196,6 +200,7 @@ class Convo:
     thinking: ThinkingConfig | None = field(default=None, kw_only=True)
     prices: PriceTable = field(default=PRICES, kw_only=True)
     max_tool_result_chars: int = field(default=DEFAULT_MAX_TOOL_RESULT_CHARS, kw_only=True)
+    mcp_servers: tuple = field(default=(), kw_only=True, converter=tuple)
     parent: "Convo | None" = field(default=None, kw_only=True)
 
     _lock: threading.Lock = field(init=False, factory=threading.Lock)
@@ -217,6 +222,7 @@ class Convo:
     _children: weakref.WeakSet | None = field(init=False, default=None)  # made by the first sub_convo()
     _inherited: CancelToken | None = field(init=False, default=None)
     _closed: bool = field(init=False, default=False)
+    _owns_servers: bool = field(init=False, default=True)
 
     def __attrs_post_init__(self) -> None:
         if self.service is None:
@@ -233,6 +239,9 @@ class Convo:
                     f"service must implement the convo.Service protocol; {type(self.service).__name__} has no {name}()"
                 )
         self.tools = self._checked_tools(self.tools)
+        for server in self.mcp_servers:
+            if not (callable(getattr(server, "tools", None)) and callable(getattr(server, "close", None))):
+                raise ArgumentTypeError(f"mcp_servers must be convo.MCPServer objects, got {type(server).__name__}")
         self.tool_choice = self._checked_tool_choice(self.tool_choice)
         self._check_settings()
         if self.parent is not None:
@@ -301,13 +310,27 @@ class Convo:
         else:
             raise ArgumentTypeError(f"tool_choice must be 'auto', 'any', 'none', a Tool or a ToolChoice, "
                                     f"got {type(choice).__name__}")
-        if choice is not None and choice.name is not None and choice.name not in {t.name for t in self.tools}:
+        if choice is not None and choice.name is not None and choice.name not in {t.name for t in
+                                                                                  self.available_tools()}:
             raise ConfigurationError(f"tool_choice names the tool {choice.name!r}, which this convo does not have")
         return choice
 
     def __repr__(self) -> str:
         return (f"<Convo id={self.id} depth={self.depth()} messages={len(self._messages)} "
                 f"service={type(self.service).__name__}>")
+
+    def available_tools(self) -> tuple:
+        """The tools the model may call now: ``tools`` and those of every MCP server.
+
+        MCP servers are asked each time (they start on first use, and their
+        tool lists may change between turns).
+        """
+        if not self.mcp_servers:
+            return self.tools
+        tools = list(self.tools)
+        for server in self.mcp_servers:
+            tools.extend(server.tools())
+        return tuple(tools)
 
     @property
     def model(self) -> str | None:
@@ -317,12 +340,22 @@ class Convo:
     # --- lifetime ----------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the conversation: it refuses every send from now on. Idempotent.
+        """Close the conversation: it refuses every send from now on, and stops its MCP servers. Idempotent.
 
         A turn already in progress finishes. The history, usage and settings
-        stay readable.
+        stay readable. MCP servers a sub-convo inherited are stopped by the
+        convo they were given to, not by the sub-convo.
         """
+        if self._closed:
+            return
         self._closed = True
+        if self._owns_servers:
+            for server in self.mcp_servers:
+                try:
+                    server.close()
+                except Exception as exc:  # one server failing to stop must not keep the others running
+                    log.warning("mcp_server_close_failed", convo_id=self.id, server=getattr(server, "name", "?"),
+                                error=f"{type(exc).__name__}: {exc}")
 
     @property
     def closed(self) -> bool:
@@ -381,12 +414,14 @@ class Convo:
             thinking=self.thinking,
             prices=self.prices,
             max_tool_result_chars=self.max_tool_result_chars,
+            mcp_servers=self.mcp_servers,
         )
         unknown = set(overrides) - {f.alias for f in attrs.fields(Convo) if f.init} - {"parent"}
         if unknown or "parent" in overrides:
             raise ConfigurationError(f"sub_convo() got unknown settings: {sorted(unknown | ({'parent'} & set(overrides)))}")
         settings.update(overrides)
         child = Convo(service if service is not None else self.service, parent=self, **settings)
+        child._owns_servers = "mcp_servers" in overrides
         info = _current_call.get()
         if info is not None:
             child._inherit_cancel(info.cancelled)
@@ -558,13 +593,14 @@ class Convo:
                 messages = messages[:-1] + [Message(last.role, last.content[:-1] + (marked,))]
         if tool_choice is None:
             tool_choice = self.tool_choice
-        if tool_choice is None and self.tools:
+        tools = self.available_tools()
+        if tool_choice is None and tools:
             tool_choice = ToolChoice.any() if self.tool_use_only else ToolChoice.auto()
         return Request(
             messages=messages,
             system=system,
-            tools=[t.spec() for t in self.tools],
-            tool_choice=tool_choice if self.tools else None,
+            tools=[t.spec() for t in tools],
+            tool_choice=tool_choice if tools else None,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             thinking=self.thinking,
@@ -1016,6 +1052,7 @@ class Convo:
             "model": self.model,
             "system_prompt": self.system_prompt,
             "tools": [t.spec().to_dict() for t in self.tools],
+            "mcp_servers": [getattr(server, "name", type(server).__name__) for server in self.mcp_servers],
             "tool_choice": self.tool_choice.to_dict() if self.tool_choice is not None else None,
             "budget": {**self.budget.to_dict(), "spent_before": str(budget_start)},
             "prompt_caching": self.prompt_caching,
