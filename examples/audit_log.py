@@ -1,57 +1,26 @@
-"""An audit trail: every request, response, tool call and tool result, at every depth, as JSON lines.
+"""An audit trail of a sub-agent run: every request, reply, tool call and result, at every depth.
 
-A listener set on the root conversation hears its sub-conversations too;
-each line says which convo (id, parent, depth) the event belongs to.
+A ``JSONLAuditLog`` set on the root conversation hears its sub-conversations
+too; each line says which convo (id, parent, root, depth) the event belongs
+to, and carries the hash of the line before it, so ``verify`` (or
+``convo logs verify audit.jsonl``) finds any line edited, removed or moved
+afterwards.
 
     python examples/audit_log.py            # offline, with a stand-in model
     python examples/audit_log.py --real     # convo.default_service()
 
-The trail is written to audit.jsonl (or --out PATH) and summarised on stdout.
+The trail is written to audit.jsonl (or --out PATH); then read it with
+``convo logs audit.jsonl`` (the tree) or ``convo logs --convo ID audit.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import threading
-from datetime import datetime, timezone
 
 import convo
-from convo import Convo, NoopListener, ToolUse, Usage, tool, tool_call_info
+from convo import Convo, ToolUse, Usage, tool, tool_call_info
+from convo.audit import JSONLAuditLog, read_records, verify
 from convo.testing import FunctionService, reply
-
-
-class JsonlAudit(NoopListener):
-    """Appends one JSON line per event. Thread-safe: tool events arrive from worker threads."""
-
-    def __init__(self, path: str) -> None:
-        self._lock = threading.Lock()
-        self._file = open(path, "w", encoding="utf-8")
-
-    def _write(self, c: Convo, event: str, **data) -> None:
-        line = {"at": datetime.now(timezone.utc).isoformat(), "event": event, "convo": c.id,
-                "parent": c.parent.id if c.parent else None, "depth": c.depth(), **data}
-        with self._lock:
-            self._file.write(json.dumps(line, default=str) + "\n")
-            self._file.flush()
-
-    def on_request(self, c, request):
-        self._write(c, "request", messages=len(request.messages), last=request.messages[-1].to_dict())
-
-    def on_response(self, c, response):
-        self._write(c, "response", response=response.to_dict())
-
-    def on_error(self, c, request, error):
-        self._write(c, "error", error=f"{type(error).__name__}: {error}")
-
-    def on_tool_call(self, c, tool_use):
-        self._write(c, "tool_call", tool_use=tool_use.to_dict())
-
-    def on_tool_result(self, c, tool_use, result, error):
-        self._write(c, "tool_result", result=result.to_dict(), error=repr(error) if error else None)
-
-    def close(self) -> None:
-        self._file.close()
 
 
 @tool
@@ -79,23 +48,23 @@ def stand_in(request: convo.Request) -> convo.Response:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Write an audit trail of a small multi-agent run.")
+    parser = argparse.ArgumentParser(description="Write and verify an audit trail of a small multi-agent run.")
     parser.add_argument("--real", action="store_true", help="use convo.default_service()")
     parser.add_argument("--out", default="audit.jsonl")
     args = parser.parse_args()
 
-    audit = JsonlAudit(args.out)
-    try:
+    with JSONLAuditLog(args.out) as audit:
         c = Convo(convo.default_service() if args.real else FunctionService(stand_in),
                   tools=[ask_expert], listener=audit)
         print(c.run("Ask the experts whether water is wet and fire is hot.", max_turns=4).text())
-    finally:
-        audit.close()
-    with open(args.out, encoding="utf-8") as f:
-        events = [json.loads(line) for line in f]
+
+    events = list(read_records(args.out))
     print(f"\n{len(events)} events written to {args.out}:")
     for e in events:
-        print(f"  depth {e['depth']}  {e['convo']}  {e['event']}")
+        print(f"  seq {e['seq']:>2}  depth {e['depth']}  {e['convo']}  {e['event']}")
+    report = verify(args.out)
+    print(f"\nverify: {'chain intact' if report.ok else 'BROKEN'}, {report.records} records, head {report.head[:16]}…")
+    print(f"cost of the whole tree: ${c.cumulative_usage().total_cost_usd}")
 
 
 if __name__ == "__main__":
