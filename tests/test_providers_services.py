@@ -157,6 +157,21 @@ class TestLifetime:
         session.close()
 
 
+    def test_a_pickled_service_works_with_a_pool_of_its_own(self, make):
+        """What crosses to a Dask or Ray worker: the settings and the key, never the connections."""
+        import pickle
+
+        with ScriptedHTTPServer(default=reply_for) as server:
+            svc = make(server.url)
+            svc.do(REQ)
+            copy = pickle.loads(pickle.dumps(svc))
+            assert copy._session is not svc._session and repr(copy) == repr(svc)
+            assert copy.do(REQ).text()
+            assert server.requests[-1].headers == server.requests[0].headers  # the same key and settings
+            copy.close()
+            svc.close()
+
+
 class TestAttributes:
     def test_model_and_max_tokens(self, clean_env):
         claude = AnthropicService(api_key=KEY)

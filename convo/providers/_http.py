@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import copy
 import json
 import os
 import socket
@@ -130,7 +129,11 @@ def scrub(err: ProviderError, secret: Secret | None) -> ProviderError:
     """
     if secret is None or not any(secret.found_in(text) for text in _texts_of_chain(err)):
         return err
-    clean = copy.copy(err)  # a ConvoError copies by its args and attributes: no chain, no traceback
+    # Rebuilt by ConvoError's own recipe (its args and attributes: no chain, no traceback), not by
+    # copy.copy: importing distributed (Dask) makes tblib register a reducer for every exception class
+    # that copies the chain and the traceback too.
+    rebuild, args = err.__reduce__()[:2]
+    clean = rebuild(*args)
     for name, value in list(vars(clean).items()):
         if isinstance(value, str):
             setattr(clean, name, secret.redact(value))
@@ -296,6 +299,18 @@ class SessionOwner:
         if self._owns_session:
             self._session.close()
 
+    # A connection pool does not cross processes: a pickled service (sent to a Dask or Ray
+    # worker, say) arrives with a session of its own. Its pickle carries its API key.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_session", None)
+        state["_owns_session"] = True
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._session = new_session()
+
     def __enter__(self):
         return self
 
@@ -371,6 +386,15 @@ def _error_of(resp: requests.Response, error_from_body: ErrorFromBody) -> Provid
         resp.close()
 
 
+def _json_body(body: Any) -> bytes:
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate in some text is not UTF-8: send everything as JSON \u escapes instead.
+        return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def send(
     session: requests.Session,
     url: str,
@@ -403,7 +427,7 @@ def send(
         Cancelled: the current cancel token fired.
     """
     token = current_token()
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8") if body is not None else None
+    data = _json_body(body) if body is not None else None
     attempt = first_attempt - 1
     while True:
         attempt += 1

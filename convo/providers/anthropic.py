@@ -31,6 +31,13 @@ Where the API is odd, and what convo does about it:
   future types) become :class:`~convo.RawBlock` holding the block's JSON as
   the API sent it (a streamed block as assembled from its deltas), and are
   sent back unchanged.
+- The Messages API has no response format: a request with an
+  ``output_schema`` gets one more tool, :data:`OUTPUT_TOOL`, whose input
+  schema is the output schema, and a ``tool_choice`` that makes the model
+  call it (see :func:`to_wire`). The reply's call of that tool becomes a
+  :class:`~convo.Text` block holding its input as JSON (streamed as text
+  deltas), so the output reads like any provider's and the history never
+  holds a tool call without a result.
 """
 
 from __future__ import annotations
@@ -48,10 +55,12 @@ from ._retry import RetryPolicy
 from ._sse import SSEEvent, iter_sse
 from ..errors import (
     APIConnectionError,
+    AttachmentTooLarge,
     ConfigurationError,
     MissingAPIKeyError,
     ProviderError,
     ResponseFormatError,
+    UnsupportedContent,
     error_for_status,
 )
 from ..messages import (
@@ -84,6 +93,7 @@ __all__ = [
     "API_VERSION",
     "AnthropicService",
     "DEFAULT_MODEL",
+    "OUTPUT_TOOL",
     "error_from_body",
     "from_wire",
     "stream_events",
@@ -106,6 +116,10 @@ CONTEXT_1M_BETA = "context-1m-2025-08-07"
 _CONTEXT_1M_MODELS = ("claude-sonnet-4", "claude-opus-4-6")
 
 _CACHE_CONTROL = {"type": "ephemeral"}
+
+#: The tool a request with an ``output_schema`` asks the model to call with its output.
+OUTPUT_TOOL = "final_output"
+_OUTPUT_TOOL_DESCRIPTION = "Give your final answer by calling this tool: its input is the answer."
 
 
 # --- request: neutral -> wire -------------------------------------------------
@@ -149,8 +163,18 @@ def to_wire(
     config = request.thinking if request.thinking is not None else thinking
     if config is not None:
         body["thinking"] = _thinking_to_wire(config)
+    if request.output_schema is not None:
+        _add_output_tool(body, request, thinking=config is not None)
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.top_k is not None:
+        body["top_k"] = request.top_k
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(request, name) is not None:
+            # The Messages API has no penalties: left out, as documented for Request.
+            log.debug("parameter_not_sent", provider=PROVIDER, parameter=name)
     if request.stop_sequences:
         body["stop_sequences"] = list(request.stop_sequences)
     if stream:
@@ -222,11 +246,28 @@ def _block_to_wire(block: Any, where: str) -> dict:
     raise ConfigurationError(f"{where} holds a {type(block).__name__}, which Anthropic cannot take")
 
 
+# What the Messages API takes inline (Anthropic's vision and PDF support docs): four image
+# types of at most 5 MB each, PDFs within the 32 MB request limit, and plain text.
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
+MAX_DOCUMENT_BYTES = 32 * 1024 * 1024
+
+
+def _decoded_size(data: str) -> int:
+    return len(data) * 3 // 4 - data[-2:].count("=")
+
+
 def _image_source(image: Image) -> dict:
     if image.url is not None:
         return {"type": "url", "url": image.url}
     if not image.media_type:
         raise ConfigurationError("an Image given as data= needs media_type= (e.g. 'image/png') for Anthropic")
+    if image.media_type not in IMAGE_TYPES:
+        raise UnsupportedContent(PROVIDER, f"images of type {image.media_type}",
+                                 f"it takes {', '.join(IMAGE_TYPES)}")
+    size = _decoded_size(image.data or "")
+    if size > MAX_IMAGE_BYTES:
+        raise AttachmentTooLarge(f"an {image.media_type} image for Anthropic", size, MAX_IMAGE_BYTES)
     return {"type": "base64", "media_type": image.media_type, "data": image.data}
 
 
@@ -235,7 +276,14 @@ def _document_source(doc: Document) -> dict:
         return {"type": "url", "url": doc.url}
     if doc.text is not None:
         return {"type": "text", "media_type": doc.media_type or "text/plain", "data": doc.text}
-    return {"type": "base64", "media_type": doc.media_type or "application/pdf", "data": doc.data}
+    media_type = doc.media_type or "application/pdf"
+    if media_type != "application/pdf":
+        raise UnsupportedContent(PROVIDER, f"documents of type {media_type}",
+                                 "it takes PDFs, and text given as Document(text=...)")
+    size = _decoded_size(doc.data or "")
+    if size > MAX_DOCUMENT_BYTES:
+        raise AttachmentTooLarge("a PDF for Anthropic", size, MAX_DOCUMENT_BYTES)
+    return {"type": "base64", "media_type": media_type, "data": doc.data}
 
 
 def _tool_result_to_wire(result: ToolResult) -> dict:
@@ -263,6 +311,36 @@ def _tool_choice_to_wire(choice: ToolChoice) -> dict:
     return d
 
 
+def _add_output_tool(body: dict, request: Request, *, thinking: bool) -> None:
+    """Ask for ``request.output_schema`` as a call of :data:`OUTPUT_TOOL`.
+
+    Alone, the tool is forced. Beside other tools the choice is ``any``, so
+    the model may call those first and the output tool last. A named tool
+    choice is kept (the caller wants that tool first); ``none`` forces the
+    output tool. Under extended thinking, which refuses forced tool use,
+    the choice is ``auto`` and the tool's description does the asking.
+    """
+    tools = body.setdefault("tools", [])
+    if any(t.get("name") == OUTPUT_TOOL for t in tools):
+        raise ConfigurationError(f"a tool is named {OUTPUT_TOOL!r}, the name Anthropic structured output uses; "
+                                 "rename the tool")
+    schema = dict(request.output_schema)
+    description = schema.pop("description", None) or _OUTPUT_TOOL_DESCRIPTION
+    tools.append({"name": OUTPUT_TOOL, "description": description, "input_schema": schema})
+    choice = request.tool_choice
+    if thinking:
+        wire: dict[str, Any] = {"type": "auto"}
+    elif choice is not None and choice.type == "tool":
+        return
+    elif len(tools) > 1 and (choice is None or choice.type != "none"):
+        wire = {"type": "any"}
+    else:
+        wire = {"type": "tool", "name": OUTPUT_TOOL}
+    if choice is not None and choice.disable_parallel_tool_use:
+        wire["disable_parallel_tool_use"] = True
+    body["tool_choice"] = wire
+
+
 def _thinking_to_wire(config: ThinkingConfig) -> dict:
     if config.adaptive:
         d: dict[str, Any] = {"type": "adaptive"}
@@ -277,11 +355,13 @@ def _thinking_to_wire(config: ThinkingConfig) -> dict:
 
 # --- response: wire -> neutral -------------------------------------------------
 
-def from_wire(body: Any) -> Response:
+def from_wire(body: Any, *, output_tool: str | None = None) -> Response:
     """The :class:`~convo.Response` for a Messages API reply body (a ``message`` object).
 
     ``start_time``/``end_time`` are left unset and ``usage.cost_usd`` None:
-    the service and the Convo fill them in.
+    the service and the Convo fill them in. ``output_tool`` names the tool
+    that carries structured output (:data:`OUTPUT_TOOL` when the request
+    had an ``output_schema``): its call becomes a text block of its input's JSON.
 
     Raises:
         ResponseFormatError: the body is not a message.
@@ -292,8 +372,8 @@ def from_wire(body: Any) -> Response:
         return Response(
             id=str(body["id"]),
             model=str(body.get("model") or ""),
-            content=tuple(block_from_wire(b) for b in body["content"]),
-            stop_reason=body.get("stop_reason"),
+            content=tuple(block_from_wire(b, output_tool) for b in body["content"]),
+            stop_reason=_stop_reason(body, output_tool),
             stop_sequence=body.get("stop_sequence"),
             usage=usage_from_wire(body.get("usage") or {}),
         )
@@ -302,9 +382,29 @@ def from_wire(body: Any) -> Response:
             f"Anthropic sent a message convo cannot read ({exc!r}): {_http.snippet(body)}") from None
 
 
-def block_from_wire(block: dict) -> Any:
-    """The neutral block for one content block of a reply; unknown types become RawBlock."""
+def _is_output(block: dict, output_tool: str | None) -> bool:
+    return output_tool is not None and block.get("type") == "tool_use" and block.get("name") == output_tool
+
+
+def _stop_reason(body: dict, output_tool: str | None) -> Any:
+    stop = body.get("stop_reason")
+    if stop == "tool_use" and output_tool is not None:
+        # A reply whose only call gave the output has ended its turn: there is no tool to run.
+        calls = [b for b in body["content"] if isinstance(b, dict) and b.get("type") == "tool_use"]
+        if calls and all(_is_output(b, output_tool) for b in calls):
+            return "end_turn"
+    return stop
+
+
+def block_from_wire(block: dict, output_tool: str | None = None) -> Any:
+    """The neutral block for one content block of a reply; unknown types become RawBlock.
+
+    A call of ``output_tool`` becomes a :class:`~convo.Text` of its input as JSON.
+    """
     kind = block.get("type")
+    if _is_output(block, output_tool):
+        tool_input = block.get("input")
+        return Text(json.dumps(tool_input if isinstance(tool_input, dict) else {}, ensure_ascii=False))
     if kind == "text":
         return Text(block["text"], citations=block.get("citations") or ())
     if kind == "thinking":
@@ -373,8 +473,9 @@ class _Assembler:
     One assembler per stream; not thread-safe (a stream is read by one thread).
     """
 
-    def __init__(self, request_id: str | None = None) -> None:
+    def __init__(self, request_id: str | None = None, output_tool: str | None = None) -> None:
         self.request_id = request_id
+        self.output_tool = output_tool
         self.message: dict | None = None
         self.blocks: dict[int, dict] = {}
         self.partial_json: dict[int, str] = {}
@@ -435,7 +536,7 @@ class _Assembler:
             raise ResponseFormatError("the Anthropic stream ended before message_stop", request_id=self.request_id)
         message = dict(self.message)
         message["content"] = [self.blocks[i] for i in sorted(self.blocks)]
-        return from_wire(message)
+        return from_wire(message, output_tool=self.output_tool)
 
     # --- helpers
 
@@ -495,6 +596,8 @@ class _Assembler:
         if kind == "input_json_delta":
             piece = str(delta.get("partial_json") or "")
             self.partial_json[index] = self.partial_json.get(index, "") + piece
+            if piece and _is_output(block, self.output_tool):
+                return [TextDelta(index, piece)]  # the output, as the text it becomes
             if piece and block.get("type") == "tool_use":
                 return [ToolInputDelta(index, str(block.get("id", "")), str(block.get("name", "")), piece)]
             return []
@@ -518,7 +621,7 @@ class _Assembler:
         block = self.blocks[index]
         if index in self.partial_json:
             block["input"] = self._parse_input(block, self.partial_json.pop(index))
-        return BlockDone(index, block_from_wire(block))
+        return BlockDone(index, block_from_wire(block, self.output_tool))
 
     def _parse_input(self, block: dict, raw: str) -> dict:
         if not raw.strip():
@@ -536,8 +639,11 @@ class _Assembler:
         return {}
 
 
-def stream_events(events: Iterable[SSEEvent], request_id: str | None = None) -> Iterator[StreamEvent]:
+def stream_events(events: Iterable[SSEEvent], request_id: str | None = None, *,
+                  output_tool: str | None = None) -> Iterator[StreamEvent]:
     """Convo stream events for a Messages API event stream, :class:`StreamDone` last.
+
+    ``output_tool`` is as for :func:`from_wire`; that tool's input streams as text deltas.
 
     ``ping`` and unknown events are skipped; an ``error`` event raises its
     typed :class:`~convo.ProviderError`. :class:`~convo.service.UsageUpdate`
@@ -548,13 +654,17 @@ def stream_events(events: Iterable[SSEEvent], request_id: str | None = None) -> 
         ProviderError: the stream carried an ``error`` event.
         ResponseFormatError: malformed data, or the stream ended before ``message_stop``.
     """
-    assembler = _Assembler(request_id)
+    assembler = _Assembler(request_id, output_tool)
     for sse in events:
         yield from assembler.feed(sse)
     yield StreamDone(assembler.finish())
 
 
 # --- the service ------------------------------------------------------------------------
+
+
+def _output_tool(request: Request) -> str | None:
+    return OUTPUT_TOOL if request.output_schema is not None else None
 
 
 class AnthropicService(_http.SessionOwner):
@@ -629,7 +739,7 @@ class AnthropicService(_http.SessionOwner):
             ProviderError: a typed error from the API, after retries.
             Cancelled: the current cancel token fired.
         """
-        return _http.scrubbed(self._api_key, self._do, self.to_wire(request))
+        return _http.scrubbed(self._api_key, self._do, self.to_wire(request), _output_tool(request))
 
     def stream(self, request: Request) -> Iterator[StreamEvent]:
         """Send ``request`` and yield events as they arrive; the last is :class:`StreamDone`.
@@ -647,7 +757,7 @@ class AnthropicService(_http.SessionOwner):
             Cancelled: the current cancel token fired.
         """
         body = self.to_wire(request, stream=True)
-        return _http.scrubbed_events(self._api_key, self._stream(body))
+        return _http.scrubbed_events(self._api_key, self._stream(body, _output_tool(request)))
 
     def token_context_window(self) -> int:
         """How many tokens the model attends to: 200k, or 1M for models that opted into the 1M beta."""
@@ -687,12 +797,12 @@ class AnthropicService(_http.SessionOwner):
         return {"headers": headers, "timeout": self.timeout, "retry": self.retry,
                 "error_from_body": error_from_body, "provider": PROVIDER}
 
-    def _do(self, body: dict) -> Response:
+    def _do(self, body: dict, output_tool: str | None = None) -> Response:
         start = now()
         data, resp = _http.post_json(self._session, self.base_url + "/v1/messages", body, **self._send_kwargs())
         request_id = _http.request_id_of(resp.headers)
         try:
-            response = from_wire(data)
+            response = from_wire(data, output_tool=output_tool)
         except ResponseFormatError as exc:
             exc.request_id = exc.request_id or request_id
             raise
@@ -709,12 +819,12 @@ class AnthropicService(_http.SessionOwner):
                                       status_code=resp.status_code, request_id=_http.request_id_of(resp.headers))
         return count
 
-    def _stream(self, body: dict) -> Iterator[StreamEvent]:
+    def _stream(self, body: dict, output_tool: str | None = None) -> Iterator[StreamEvent]:
         start = now()
 
         def read(resp: requests.Response) -> Iterator[StreamEvent]:
             request_id = _http.request_id_of(resp.headers)
-            assembler = _Assembler(request_id)
+            assembler = _Assembler(request_id, output_tool)
             try:
                 for sse in iter_sse(_http.iter_body(resp, PROVIDER)):
                     yield from assembler.feed(sse)

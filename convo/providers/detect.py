@@ -58,13 +58,15 @@ def provider_for_model(model: str) -> str | None:
     return None
 
 
-def default_service(model: str | None = None) -> Service:
+def default_service(model: str | None = None, **options) -> Service:
     """The service for ``model``, or the one the environment points at.
 
     Args:
         model: a model name (``"claude-sonnet-4-5"``, ``"gpt-4.1-mini"``,
             ``"o3"``), ``"local"``, or a path to a GGUF file. None looks at
             the environment.
+        options: keyword settings for the chosen service's constructor
+            (``timeout=``, ``max_tokens=``, ``retry=``...).
 
     Raises:
         ProviderNotDetected: no provider fits; the message says what to set
@@ -74,37 +76,37 @@ def default_service(model: str | None = None) -> Service:
             file, llama-cpp-python not installed).
     """
     if model is not None and model.strip():
-        return _for_model(model.strip())
+        return _for_model(model.strip(), options)
     if environ("ANTHROPIC_API_KEY"):
         from .anthropic import AnthropicService
 
-        return AnthropicService()
+        return AnthropicService(**options)
     if environ("OPENAI_API_KEY") or environ("OPENAI_BASE_URL"):
         from .openai import OpenAIService
 
-        return OpenAIService()
+        return OpenAIService(**options)
     from .local import LocalService, local_model_available
 
     if local_model_available():
-        return LocalService()
+        return LocalService(**options)
     raise ProviderNotDetected(_NOTHING_FOUND)
 
 
-def _for_model(model: str) -> Service:
+def _for_model(model: str, options: dict) -> Service:
     provider = provider_for_model(model)
     if provider == "local":
         from .local import LocalService
 
-        return LocalService(model if model.lower().endswith(".gguf") else None)
+        return LocalService(model if model.lower().endswith(".gguf") else None, **options)
     if provider == "anthropic":
         from .anthropic import AnthropicService
 
-        return AnthropicService(model)
+        return AnthropicService(model, **options)
     if provider == "openai" or environ("OPENAI_BASE_URL"):
         from .openai import OpenAIService
 
         # Without a key, OpenAIService refuses OpenAI's own URL and takes any other.
-        return OpenAIService(model)
+        return OpenAIService(model, **options)
     raise ProviderNotDetected(
         f"cannot tell which provider serves the model {model!r}: use a claude-* model (Anthropic), "
         "a gpt-* or o-series model (OpenAI), 'local' or a path to a .gguf file (the embedded model), "

@@ -11,7 +11,10 @@ model about its tools in the system message (:func:`tool_instructions`) and
 constrains decoding with a GBNF grammar built from the tools' JSON Schemas
 (:func:`tool_grammar`), so that a reply is either plain text or exactly one
 call ``{"tool": "<name>", "input": {...}}`` whose input fits its tool's
-schema as far as llama.cpp's schema converter can express it.
+schema as far as llama.cpp's schema converter can express it. A request
+with an ``output_schema`` is constrained by :func:`output_grammar` instead:
+the reply is JSON of that schema (or a call of an offered tool), written as
+the reply's text.
 
 Importing this module is cheap: llama_cpp is imported on first use.
 """
@@ -61,6 +64,8 @@ __all__ = [
     "LocalService",
     "default_model_path",
     "local_model_available",
+    "output_grammar",
+    "output_instructions",
     "parse_tool_call",
     "to_chat_messages",
     "tool_grammar",
@@ -282,6 +287,14 @@ def _result_text(result: ToolResult, name: str | None) -> str:
 # Without this nudge SmolLM2 tends to repeat its last tool call forever
 # (it copies the JSON it sees in the history); with it, it answers.
 _ANSWER_NUDGE = "Now answer my question in plain text."
+_OUTPUT_NUDGE = "Now give your answer as the JSON object described."
+
+
+def output_instructions(schema: dict) -> str:
+    """The system-message text that asks for structured output of ``schema``."""
+    compact = json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
+    return ("Give your answer as only a JSON object that matches this JSON Schema, and nothing else: "
+            + compact)
 
 
 def to_chat_messages(request: Request) -> list[dict]:
@@ -302,6 +315,8 @@ def to_chat_messages(request: Request) -> list[dict]:
     instructions = tool_instructions(request.tools, request.tool_choice)
     if instructions:
         system_parts.append(instructions)
+    if request.output_schema is not None:
+        system_parts.append(output_instructions(request.output_schema))
     chat: list[dict] = []
     if system_parts:
         chat.append({"role": "system", "content": "\n\n".join(system_parts)})
@@ -321,7 +336,7 @@ def to_chat_messages(request: Request) -> list[dict]:
                 if text:
                     parts.append(text)
         if may_answer and position == len(request.messages) and message.tool_results():
-            parts.append(_ANSWER_NUDGE)
+            parts.append(_ANSWER_NUDGE if request.output_schema is None else _OUTPUT_NUDGE)
         if not parts:
             # Chat templates cope badly with empty turns, and an empty turn says nothing.
             continue
@@ -370,6 +385,17 @@ def tool_grammar(tools: Sequence[ToolSpec], tool_choice: ToolChoice | None = Non
     if not offered:
         return None
     converter = _schema_converter()
+    branches = _call_rules(converter, offered)
+    rules = [f"tool-call ::= {' | '.join(branches)}"]
+    if _tool_mode(tools, tool_choice) == "auto":
+        rules.insert(0, "root ::= tool-call | plain-text")
+        rules.append(_TEXT_RULE)
+    else:
+        rules.insert(0, "root ::= tool-call")
+    return "\n".join(rules) + "\n" + converter.format_grammar() + "\n"
+
+
+def _call_rules(converter, offered: Sequence[ToolSpec]) -> list[str]:
     branches = []
     for index, spec in enumerate(offered):
         try:
@@ -380,13 +406,32 @@ def tool_grammar(tools: Sequence[ToolSpec], tool_choice: ToolChoice | None = Non
             log.warning("local_tool_schema_unsupported", tool=spec.name, error=f"{type(exc).__name__}: {exc}")
             spec = ToolSpec(spec.name, spec.description, {"type": "object"})
         branches.append(_add_call_rule(converter, index, spec))
-    rules = [f"tool-call ::= {' | '.join(branches)}"]
-    if _tool_mode(tools, tool_choice) == "auto":
-        rules.insert(0, "root ::= tool-call | plain-text")
-        rules.append(_TEXT_RULE)
-    else:
-        rules.insert(0, "root ::= tool-call")
-    return "\n".join(rules) + "\n" + converter.format_grammar() + "\n"
+    return branches
+
+
+def _add_output_rule(converter, schema: dict) -> str:
+    return converter.visit(converter.resolve_refs(copy.deepcopy(schema), "output"), "output")
+
+
+def output_grammar(schema: dict, tools: Sequence[ToolSpec] = (), tool_choice: ToolChoice | None = None) -> str:
+    """A GBNF grammar for a reply that is JSON fitting ``schema``, or one call to an offered tool.
+
+    With ``tool_choice`` naming a tool, only that call is allowed (the
+    output comes in a later reply); with none, only the output. A schema
+    llama.cpp's converter cannot express becomes any JSON object (the Convo
+    still validates the output against the real schema).
+    """
+    converter = _schema_converter()
+    branches = []
+    if tool_choice is None or tool_choice.type != ToolChoiceType.TOOL:
+        try:
+            _add_output_rule(_schema_converter(), schema)  # a trial run, as for tools
+        except Exception as exc:
+            log.warning("local_output_schema_unsupported", error=f"{type(exc).__name__}: {exc}")
+            schema = {"type": "object"}
+        branches.append(_add_output_rule(converter, schema))
+    branches += _call_rules(converter, _offered_tools(tools, tool_choice))
+    return f"root ::= {' | '.join(branches)}\n" + converter.format_grammar() + "\n"
 
 
 def parse_tool_call(text: str) -> tuple[str, dict]:
@@ -403,6 +448,17 @@ def parse_tool_call(text: str) -> tuple[str, dict]:
             or not isinstance(data.get("input"), dict)):
         raise ResponseFormatError(f"the local model's tool call lacks a tool name or input object: {text[:200]!r}")
     return data["tool"], data["input"]
+
+
+def _is_output(written: str, request: Request) -> bool:
+    """Whether JSON the model wrote under :func:`output_grammar` is the output rather than a tool call."""
+    if request.output_schema is None:
+        return False
+    try:
+        name = parse_tool_call(written)[0]
+    except ResponseFormatError:
+        return True
+    return name not in {t.name for t in _offered_tools(request.tools, request.tool_choice)}
 
 
 # --- stop strings ----------------------------------------------------------------
@@ -525,7 +581,9 @@ class LocalService:
         max_tokens: the reply length cap when a request sets none.
         temperature: sampling temperature when a request sets none (0 is greedy).
         top_p, top_k, min_p, repeat_penalty: sampling settings; a request
-            may override them through ``Request.extra``.
+            may override them through ``Request.extra`` (and ``top_p``,
+            ``top_k``, ``frequency_penalty``, ``presence_penalty`` through
+            the request's fields of those names).
         seed: the sampling seed (None: random). Even with a seed, replies
             are not bit-for-bit repeatable: llama.cpp reuses the cached
             prefix of the previous prompt, which changes the arithmetic
@@ -638,6 +696,19 @@ class LocalService:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
+    def count_tokens(self, request: Request) -> int:
+        """How many tokens the prompt for ``request`` is, as the model reads it (chat template applied).
+
+        Loads the model if it is not loaded yet, and waits for a generation
+        in progress (the tokenizer belongs to the model).
+        """
+        chat = to_chat_messages(request)
+        with self._generation_slot():
+            loaded = self._model()
+            rendered = loaded.formatter(messages=chat)
+            return len(loaded.llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
+                                             special=True))
+
     def do(self, request: Request) -> Response:
         """Generate the whole reply to ``request``."""
         return collect(self.stream(request))
@@ -650,8 +721,12 @@ class LocalService:
         """
         started = now()
         chat = to_chat_messages(request)
-        grammar = tool_grammar(request.tools, request.tool_choice)
-        required = _tool_mode(request.tools, request.tool_choice) == "required"
+        if request.output_schema is not None:
+            # JSON (output or a call) from the first token: the grammar holds to the end.
+            grammar, required = output_grammar(request.output_schema, request.tools, request.tool_choice), True
+        else:
+            grammar = tool_grammar(request.tools, request.tool_choice)
+            required = _tool_mode(request.tools, request.tool_choice) == "required"
         sampling = self._sampling(request)
         cancel = current_token()
         with self._generation_slot():
@@ -665,11 +740,14 @@ class LocalService:
     def _sampling(self, request: Request) -> dict:
         sampling = {
             "temp": self.temperature if request.temperature is None else request.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
+            "top_p": self.top_p if request.top_p is None else request.top_p,
+            "top_k": self.top_k if request.top_k is None else request.top_k,
             "min_p": self.min_p,
             "repeat_penalty": self.repeat_penalty,
         }
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(request, name) is not None:
+                sampling[name] = getattr(request, name)
         for key, value in request.extra.items():
             if key in _SAMPLING_KEYS:
                 sampling[key] = value
@@ -835,8 +913,9 @@ class LocalService:
         content: list = []
         if mode == "tool":
             written = "".join(call_parts) + tail
-            if stop_reason == StopReason.MAX_TOKENS:
-                # The call was cut off: show what was written rather than lose it.
+            if stop_reason == StopReason.MAX_TOKENS or _is_output(written, request):
+                # A call cut off: show what was written rather than lose it. Or the
+                # structured output, which is the reply's text.
                 yield TextDelta(0, written)
                 content.append(Text(written))
             else:

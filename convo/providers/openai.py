@@ -22,6 +22,11 @@ makes a documented choice:
   the Convo's input validation rejects a non-object input, so the model
   reads an error result and can try again, and the raw string is sent back
   unchanged so the history stays faithful.
+- Structured output (``Request.output_schema``) is a ``response_format`` of
+  type ``json_schema`` named ``final_output``, ``strict`` only when the
+  schema is within the strict subset OpenAI accepts (every object closed
+  and every property required; see :func:`strict_schema_ok`), since OpenAI
+  rejects a strict schema outside it. The reply's content is the JSON text.
 - Usage: ``input_tokens`` is ``prompt_tokens`` minus the cached ones, which
   are reported as ``cache_read_input_tokens``. A stream whose server sends
   no usage chunk (``stream_options`` is ignored by some servers, llama.cpp's
@@ -40,7 +45,14 @@ import requests
 from . import _http
 from .._log import log
 from .._time import now
-from ..errors import MissingAPIKeyError, ProviderError, ResponseFormatError, error_for_status
+from ..errors import (
+    AttachmentTooLarge,
+    MissingAPIKeyError,
+    ProviderError,
+    ResponseFormatError,
+    UnsupportedContent,
+    error_for_status,
+)
 from ..messages import (
     Document,
     Image,
@@ -80,6 +92,7 @@ __all__ = [
     "context_window_for",
     "error_from_body",
     "from_wire",
+    "strict_schema_ok",
     "to_wire",
     "usage_from_wire",
 ]
@@ -141,9 +154,27 @@ def _data_url(media_type: str | None, data: str) -> str:
     return f"data:{media_type or 'application/octet-stream'};base64,{data}"
 
 
+# What Chat Completions takes inline (OpenAI's images-and-vision and PDF-files guides): four
+# image types as data URLs, and PDFs as ``file`` parts, within their size limits.
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_FILE_BYTES = 32 * 1024 * 1024
+
+
+def _decoded_size(data: str) -> int:
+    return len(data) * 3 // 4 - data[-2:].count("=")
+
+
 def _image_part(image: Image) -> dict:
-    url = image.url if image.url is not None else _data_url(image.media_type, image.data or "")
-    return {"type": "image_url", "image_url": {"url": url}}
+    if image.url is not None:
+        return {"type": "image_url", "image_url": {"url": image.url}}
+    if image.media_type not in IMAGE_TYPES:
+        raise UnsupportedContent(PROVIDER, f"images of type {image.media_type or '(none given)'}",
+                                 f"it takes {', '.join(IMAGE_TYPES)}")
+    size = _decoded_size(image.data or "")
+    if size > MAX_IMAGE_BYTES:
+        raise AttachmentTooLarge(f"an {image.media_type} image for OpenAI", size, MAX_IMAGE_BYTES)
+    return {"type": "image_url", "image_url": {"url": _data_url(image.media_type, image.data or "")}}
 
 
 def _document_part(doc: Document) -> dict:
@@ -151,8 +182,15 @@ def _document_part(doc: Document) -> dict:
         title = f"{doc.title}\n\n" if doc.title else ""
         return {"type": "text", "text": title + doc.text}
     if doc.data is not None:
+        media_type = doc.media_type or "application/pdf"
+        if media_type != "application/pdf":
+            raise UnsupportedContent(PROVIDER, f"files of type {media_type}",
+                                     "it takes PDFs, and text given as Document(text=...)")
+        size = _decoded_size(doc.data)
+        if size > MAX_FILE_BYTES:
+            raise AttachmentTooLarge("a PDF for OpenAI", size, MAX_FILE_BYTES)
         name = doc.title or "document.pdf"
-        return {"type": "file", "file": {"filename": name, "file_data": _data_url(doc.media_type, doc.data)}}
+        return {"type": "file", "file": {"filename": name, "file_data": _data_url(media_type, doc.data)}}
     # Chat Completions cannot fetch a document by URL: tell the model where it is.
     return {"type": "text", "text": f"[document: {doc.title + ' ' if doc.title else ''}{doc.url}]"}
 
@@ -257,6 +295,41 @@ def _tool(spec: ToolSpec) -> dict:
     return {"type": "function", "function": fn}
 
 
+# The keywords OpenAI's strict mode accepts (its "supported schemas" list); anything else makes a
+# strict schema a 400, so such a schema is sent with strict off.
+_STRICT_KEYWORDS = frozenset({
+    "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf",
+    "description", "title", "$defs", "definitions", "$ref", "format", "pattern", "minimum", "maximum",
+    "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minItems", "maxItems",
+})
+
+
+def strict_schema_ok(schema: Any) -> bool:
+    """Whether ``schema`` fits OpenAI's strict structured outputs: closed objects, all properties required."""
+    if isinstance(schema, list):
+        return all(strict_schema_ok(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    if not set(schema) <= _STRICT_KEYWORDS:
+        return False
+    if schema.get("type") == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False or set(schema.get("required") or ()) != set(properties):
+            return False
+    nested = [*(schema.get("properties") or {}).values(), *(schema.get("$defs") or {}).values(),
+              *(schema.get("definitions") or {}).values(), schema.get("items"), schema.get("anyOf")]
+    return all(strict_schema_ok(s) for s in nested if s is not None)
+
+
+def _response_format(schema: dict) -> dict:
+    spec: dict[str, Any] = {"name": "final_output"}
+    if isinstance(schema.get("description"), str) and schema["description"]:
+        spec["description"] = schema["description"]
+    spec["schema"] = schema
+    spec["strict"] = strict_schema_ok(schema)
+    return {"type": "json_schema", "json_schema": spec}
+
+
 def to_wire(
     request: Request,
     model: str,
@@ -308,8 +381,17 @@ def to_wire(
         body[max_tokens_field] = limit
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    for name in ("top_p", "frequency_penalty", "presence_penalty"):
+        if getattr(request, name) is not None:
+            body[name] = getattr(request, name)
+    if request.top_k is not None:
+        # Chat Completions has no top_k (OpenAI rejects it); servers that take
+        # one (llama.cpp, vLLM) get it through extra={"top_k": ...}.
+        log.debug("parameter_not_sent", provider=PROVIDER, parameter="top_k")
     if request.stop_sequences:
         body["stop"] = list(request.stop_sequences)
+    if request.output_schema is not None:
+        body["response_format"] = _response_format(request.output_schema)
     body["stream"] = stream
     if stream:
         body["stream_options"] = {"include_usage": True}
