@@ -2,7 +2,8 @@
 
 from .providers._retry import RetryPolicy
 from .budget import Budget
-from .conversation import Convo
+from .batch import BatchResult, BatchStore, ItemOutcome, ItemStatus, RemoteItemError, batch
+from .conversation import Convo, resume
 from .errors import (
     APIConnectionError,
     APITimeoutError,
@@ -10,9 +11,12 @@ from .errors import (
     AuthenticationError,
     BudgetExceeded,
     Cancelled,
+    ConcurrentUpdate,
     ConfigurationError,
     ConversationBusy,
     ConversationClosed,
+    ConversationNotFound,
+    ConversationUnreadable,
     ConvoError,
     InvalidRequestError,
     MaxTurnsExceeded,
@@ -26,9 +30,23 @@ from .errors import (
     ResponseFormatError,
     ServerError,
     ToolDefinitionError,
+    IncompatibleStore,
+    PendingAlreadyResolved,
+    StoreError,
+    StoreUnavailable,
+    ToolsPending,
     UnknownToolUseError,
     UnpricedModel,
+    AttachmentTooLarge,
+    PackError,
+    PackNotFound,
+    PromptNotFound,
+    ToolNotInPack,
+    UnsupportedContent,
+    ValidationFailed,
+    VariableError,
 )
+from .hooks import Hook, Pending, PendingTool, ValidationResult
 from .messages import (
     Document,
     Image,
@@ -50,30 +68,47 @@ from .messages import (
 from .pricing import FREE, PRICES, Price, PriceTable
 from .service import BlockDone, Service, StreamDone, TextDelta, ThinkingDelta, ToolInputDelta, UsageUpdate
 from .streaming import Stream
+from .structured import Output, OutputValidationError
+from .stores import ConversationInfo, MemoryStore, SQLiteStore, Store, StoredConversation, open_store
 from .tools import DoNotRespond, Tool, ToolCallInfo, ToolInputError, ToolOut, tool, tool_call_info
 from .listeners import Listener, MultiListener, NoopListener, combine_listeners
-from .usage import CumulativeUsage, Usage
+from .usage import CumulativeUsage, Usage, UsageNode
 
 __version__ = "0.1.0"
 
 # Providers load on first use (convo.providers does the loading): importing
 # convo stays cheap (no requests, no llama.cpp) for code that only needs the
 # engine or its own service.
-_LAZY = frozenset({"AnthropicService", "LocalService", "OpenAIService", "default_service"})
+_LAZY = {
+    "AnthropicService": "providers",
+    "LocalService": "providers",
+    "OpenAIService": "providers",
+    "default_service": "providers",
+    "MCPServer": "mcp",  # the mcp SDK (and asyncio) load only when an MCPServer is used
+    "MCPServerError": "mcp",
+    "PostgresStore": "stores",
+    "RedisStore": "stores",
+    # Packs load on first use too: import convo does not read or check any pack.
+    "Pack": "packs",
+    "attach": "packs",
+    "load_pack": "packs",
+    "open": "packs",
+}
 
 
 def __getattr__(name: str):
-    if name not in _LAZY:
+    package = _LAZY.get(name)
+    if package is None:
         raise AttributeError(f"module 'convo' has no attribute {name!r}")
-    from . import providers
+    import importlib
 
-    value = getattr(providers, name)
+    value = getattr(importlib.import_module(f".{package}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | _LAZY)
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -81,49 +116,80 @@ __all__ = [
     "APITimeoutError",
     "AnthropicService",
     "ArgumentTypeError",
+    "AttachmentTooLarge",
     "AuthenticationError",
+    "BatchResult",
+    "BatchStore",
     "BlockDone",
     "Budget",
     "BudgetExceeded",
     "Cancelled",
+    "ConcurrentUpdate",
     "ConfigurationError",
     "ConversationBusy",
     "ConversationClosed",
+    "ConversationInfo",
+    "ConversationNotFound",
+    "ConversationUnreadable",
     "Convo",
     "ConvoError",
     "CumulativeUsage",
     "DoNotRespond",
     "Document",
     "FREE",
+    "Hook",
     "Image",
+    "IncompatibleStore",
     "InvalidRequestError",
+    "ItemOutcome",
+    "ItemStatus",
     "Listener",
     "LocalService",
+    "MCPServer",
+    "MCPServerError",
     "MaxTurnsExceeded",
+    "MemoryStore",
     "Message",
     "MissingAPIKeyError",
     "MultiListener",
     "NoopListener",
     "NotFoundError",
     "OpenAIService",
+    "Output",
+    "OutputValidationError",
     "OverloadedError",
     "PRICES",
+    "Pack",
+    "PackError",
+    "PackNotFound",
+    "Pending",
+    "PendingAlreadyResolved",
+    "PendingTool",
     "PermissionDeniedError",
+    "PostgresStore",
     "Price",
     "PriceTable",
+    "PromptNotFound",
     "ProviderError",
     "ProviderNotDetected",
     "RateLimitError",
     "RawBlock",
     "RedactedThinking",
+    "RedisStore",
+    "RemoteItemError",
     "Request",
     "Response",
     "ResponseFormatError",
     "RetryPolicy",
     "Role",
+    "SQLiteStore",
     "ServerError",
     "Service",
     "StopReason",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredConversation",
     "Stream",
     "StreamDone",
     "Text",
@@ -137,16 +203,29 @@ __all__ = [
     "ToolDefinitionError",
     "ToolInputDelta",
     "ToolInputError",
+    "ToolNotInPack",
     "ToolOut",
     "ToolResult",
     "ToolSpec",
     "ToolUse",
+    "ToolsPending",
     "UnknownToolUseError",
     "UnpricedModel",
+    "UnsupportedContent",
     "Usage",
+    "UsageNode",
     "UsageUpdate",
+    "ValidationFailed",
+    "ValidationResult",
+    "VariableError",
+    "attach",
+    "batch",
     "combine_listeners",
     "default_service",
+    "load_pack",
+    "open",
+    "open_store",
+    "resume",
     "tool",
     "tool_call_info",
 ]

@@ -26,6 +26,8 @@ from attrs import define, field
 from ._log import log
 from ._time import now
 from ._workers import TOOL_WORKERS
+from .errors import ArgumentTypeError
+from .hooks import Pending, PendingTool
 from .messages import Response, StopReason, Text, ToolResult, ToolUse
 from .tools import DoNotRespond, Tool, ToolCallInfo, ToolInputError, ToolOut, _current_call, to_content
 
@@ -41,7 +43,8 @@ NO_RESPONSE_TEXT = "the tool ran and returned no result"
 class ToolCall:
     """One tool call of a reply, settled exactly once: by its worker or by a cancel."""
 
-    __slots__ = ("tool_use", "tool", "info", "lock", "settled", "result", "skip", "error", "start_time")
+    __slots__ = ("tool_use", "tool", "info", "lock", "settled", "announced", "result", "skip", "error", "start_time",
+                 "held", "failure")
 
     def __init__(self, tool_use: ToolUse, tool: Tool | None, info: ToolCallInfo) -> None:
         self.tool_use = tool_use
@@ -49,10 +52,13 @@ class ToolCall:
         self.info = info
         self.lock = threading.Lock()
         self.settled = threading.Event()
+        self.announced = threading.Event()  # its outcome reached the listener (or needs not): the round may go on
+        self.failure: BaseException | None = None  # a strict listener refused its result
         self.result: ToolResult | None = None
         self.skip = False
         self.error: BaseException | None = None
         self.start_time = now()
+        self.held: PendingTool | None = None  # a gate held it for approval: it does not run now
 
     def settle(self, result: ToolResult | None, *, skip: bool = False, error: BaseException | None = None) -> bool:
         """Record the outcome; False if the call was already settled (the outcome is dropped)."""
@@ -63,6 +69,21 @@ class ToolCall:
             self.settled.set()
             return True
 
+    def announce(self, convo: "Convo") -> None:
+        """Tell the listener the settled result (none for a skipped or held call); then the round may go on.
+
+        The round waits for this, not just for the result: a result never
+        reaches the listener after the turn moved on, and a strict listener
+        that refuses it stops the turn.
+        """
+        try:
+            if not self.skip and self.held is None and self.result is not None:
+                convo._notify_result(self.tool_use, self.result, self.error)
+        except BaseException as exc:
+            self.failure = exc
+        finally:
+            self.announced.set()
+
 
 @define
 class ToolRound:
@@ -71,16 +92,24 @@ class ToolRound:
     ``results`` are the results to send, in the order the model asked
     (calls that asked for no result are left out); ``answers`` maps every
     call's id to the result the model should read for it, those included
-    (so a later send can tell the model the truth about each).
+    (so a later send can tell the model the truth about each). ``pending``
+    lists the calls a hook held for approval (:class:`~convo.PendingTool`),
+    which have no answer yet.
     """
 
     results: list = field(factory=list)
     answers: dict = field(factory=dict)
     ends_turn: bool = False
+    pending: list = field(factory=list)
 
 
-def run_tool_calls(convo: "Convo", response: Response) -> ToolRound:
+def run_tool_calls(convo: "Convo", response: Response, *, gate: bool = True, fresh: bool = True) -> ToolRound:
     """Run every tool call of ``response`` for ``convo`` and wait for all of them.
+
+    With ``gate``, each call first passes the convo's ``gate_tool_call``
+    hooks, which may hold it for approval or answer it without running.
+    ``fresh=False`` runs calls already counted and announced (a held call,
+    approved later).
 
     Raises:
         KeyboardInterrupt: a tool raised it (after every call settled).
@@ -101,14 +130,18 @@ def run_tool_calls(convo: "Convo", response: Response) -> ToolRound:
                               f"your call to {cut.tool_use.name!r} was cut off by the max_tokens limit before "
                               "its input was complete, so it did not run; call it again with shorter input",
                               is_error=True, start_time=cut.start_time, end_time=cut.start_time))
+    if gate:
+        _gate(convo, calls)
     convo._register_calls(calls)
     interrupted: list[BaseException] = []
     try:
-        for call in calls:
+        for call in calls if fresh else ():
             convo._record_tool_use(call.tool_use.name)
             convo._notify("on_tool_call", call.tool_use)
-            if call.settled.is_set():  # decided without running (cut off): the audit trail still sees it
-                convo._notify_result(call.tool_use, call.result, None)
+            if call.held is not None:
+                convo._notify("on_tool_pending", call.held)
+            if call.settled.is_set():  # decided without running (cut off, gated, held): the audit trail sees it
+                call.announce(convo)
         todo = deque((call, contextvars.copy_context()) for call in calls if not call.settled.is_set())
         if todo:
             lock = threading.Lock()
@@ -125,12 +158,17 @@ def run_tool_calls(convo: "Convo", response: Response) -> ToolRound:
             for _ in range(min(len(todo), convo.max_tool_workers or len(todo))):
                 TOOL_WORKERS.submit(drain)
         for call in calls:
-            call.settled.wait()
+            call.announced.wait()
     finally:
         convo._unregister_calls(calls)
+    for call in calls:
+        if call.failure is not None:
+            raise call.failure
     round_ = ToolRound(ends_turn=any(c.tool is not None and c.tool.ends_turn for c in calls))
     for call in calls:
-        if call.skip:
+        if call.held is not None:
+            round_.pending.append(call.held)
+        elif call.skip:
             now_ = now()
             round_.answers[call.tool_use.id] = ToolResult(call.tool_use.id, NO_RESPONSE_TEXT,
                                                           start_time=call.start_time, end_time=now_)
@@ -141,6 +179,35 @@ def run_tool_calls(convo: "Convo", response: Response) -> ToolRound:
         convo._hold_answers(round_.answers)
         raise interrupted[0]
     return round_
+
+
+def _gate(convo: "Convo", calls: list[ToolCall]) -> None:
+    """Ask the convo's gates about each call: hold it, answer it, or let it run."""
+    gates = convo._hook_methods("gate_tool_call")
+    if not gates:
+        return
+    for call in calls:
+        if call.settled.is_set():
+            continue
+        for gate in gates:
+            decision = gate(convo, call.tool_use)
+            if decision is None:
+                continue
+            tu = call.tool_use
+            if isinstance(decision, Pending):
+                call.held = PendingTool(tu.id, tu.name, tu.input if isinstance(tu.input, dict) else {},
+                                        decision.reason, decision.message)
+                call.settle(None, skip=True)
+            elif isinstance(decision, ToolResult):
+                if decision.tool_use_id != tu.id:
+                    decision = ToolResult(tu.id, decision.content, is_error=decision.is_error,
+                                          start_time=decision.start_time, end_time=decision.end_time,
+                                          display=decision.display)
+                call.settle(decision)
+            else:
+                raise ArgumentTypeError(f"gate_tool_call returned {type(decision).__name__}; expected None, "
+                                "convo.Pending or convo.ToolResult")
+            break
 
 
 def _execute(convo: "Convo", call: ToolCall, names: str, interrupted: list) -> None:
@@ -186,7 +253,6 @@ def _execute(convo: "Convo", call: ToolCall, names: str, interrupted: list) -> N
     result = None if skip else ToolResult(tu.id, content, is_error=is_error, start_time=call.start_time,
                                           end_time=now(), display=display)
     if call.settle(result, skip=skip, error=error):
-        if not skip:
-            convo._notify_result(tu, result, error)
+        call.announce(convo)
     else:
         log.info("tool_result_discarded", convo_id=convo.id, tool=tu.name, tool_use_id=tu.id, reason="cancelled")

@@ -140,6 +140,9 @@ def preamble_tokens(request: Request) -> int:
     n = sum(_block_tokens(b) for b in request.system)
     if request.tools:
         n += TOOLS_OVERHEAD_TOKENS + sum(_json_bytes(t.to_dict()) for t in request.tools)
+    if request.output_schema is not None:
+        # Sent as one more tool (Anthropic) or a response format (OpenAI): count it like a tool.
+        n += TOOLS_OVERHEAD_TOKENS + _json_bytes(request.output_schema)
     return n
 
 

@@ -4,8 +4,11 @@
 
     convo run "Name three primary colours."
     convo run --model claude-haiku-4-5 --tools "What is 12.5% of 3 480?"
+    convo run --pack support.pack.json --prompt refunds --var company=Acme "Where is my refund?"
     echo "Summarise this: ..." | convo run
     convo chat --system "You are terse."
+    convo logs audit.jsonl          # an audit trail (convo.audit): the tree, --convo ID, --follow, verify
+    convo serve --dev --model local # sessions for remote clients over WebSocket (convo.server)
 
 The provider comes from :func:`convo.default_service` (``--model``, else an
 API key in the environment, else the embedded local model). Answers stream
@@ -320,12 +323,32 @@ def _logging_to_stderr(err: TextIO, verbose: bool) -> Iterator[None]:
 
 # --- commands ----------------------------------------------------------------------
 
+def _pack_variables(args: argparse.Namespace) -> dict:
+    values = {}
+    for item in args.pack_vars:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise _UsageError(f"--var takes NAME=VALUE, got {item!r}")
+        values[name.strip()] = value
+    return values
+
+
 def _build_convo(args: argparse.Namespace, listener: Any, service: Any = None) -> Any:
     from .conversation import Convo
     from .providers.detect import default_service
 
+    if args.pack is None and (args.pack_prompt is not None or args.pack_vars):
+        raise _UsageError("--prompt and --var go with --pack FILE")
+    if args.pack is not None and args.system:
+        raise _UsageError("--system and --pack do not go together: the pack's prompt is the system prompt")
+    variables = _pack_variables(args) if args.pack is not None else {}
     if service is None:
         service = default_service(args.model)
+    if args.pack is not None:
+        from .packs import open as open_pack
+
+        return open_pack(args.pack, args.pack_prompt, service=service, variables=variables, listener=listener,
+                         tools=EXAMPLE_TOOLS if args.tools else (), max_tokens=args.max_tokens)
     return Convo(service, system_prompt=args.system or "", tools=EXAMPLE_TOOLS if args.tools else (),
                  max_tokens=args.max_tokens, listener=listener)
 
@@ -402,6 +425,39 @@ def _chat(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> 
             err.flush()
 
 
+def _logs(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .audit.view import logs_command
+
+    rest = _logs_arguments(_ArgumentParser(prog=f"{PROG} logs", add_help=False), "*").parse_args(args.words)
+    words = rest.words
+    if not words or (words[0] == "verify" and len(words) != 2) or (words[0] != "verify" and len(words) != 1):
+        raise _UsageError("give one audit trail: convo logs FILE|STORE-URL, or convo logs verify FILE")
+    return logs_command(words, convo=rest.convo or args.convo, follow_=rest.follow or args.follow,
+                        as_json=rest.json or args.json, key_env=rest.key_env or args.key_env, out=out, err=err)
+
+
+def _logs_arguments(parser: argparse.ArgumentParser, words: Any) -> argparse.ArgumentParser:
+    parser.add_argument("words", nargs=words, metavar="FILE|STORE-URL", help="the trail (or: verify FILE)")
+    parser.add_argument("--convo", metavar="ID", help="show this conversation's timeline, sub-convos included")
+    parser.add_argument("-f", "--follow", action="store_true", help="print events as they are written (Ctrl-C stops)")
+    parser.add_argument("--json", action="store_true", help="JSON for programs instead of text")
+    parser.add_argument("--key-env", metavar="VAR", help="verify: the environment variable holding the log's key")
+    return parser
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An argument parser that raises _UsageError instead of printing and exiting."""
+
+    def error(self, message: str):
+        raise _UsageError(message)
+
+
+def _serve(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .server.runner import serve_command
+
+    return serve_command(args, out, err)
+
+
 class _UsageError(Exception):
     """A command line that cannot work: exit status 2."""
 
@@ -422,6 +478,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="let the model call example tools: " + ", ".join(t.name for t in EXAMPLE_TOOLS))
     common.add_argument("--max-turns", type=_positive_int, default=10, metavar="N",
                         help="with --tools, stop after this many model replies (default 10)")
+    common.add_argument("--pack", metavar="FILE", help="run a prompt of a PromptPack file (.pack.json)")
+    common.add_argument("--prompt", dest="pack_prompt", metavar="ID",
+                        help="with --pack: the prompt to run (default: the pack's only prompt)")
+    common.add_argument("--var", dest="pack_vars", action="append", default=[], metavar="NAME=VALUE",
+                        help="with --pack: set one of the prompt's variables (repeat for more)")
     common.add_argument("-v", "--verbose", action="store_true", help="log convo's debug events to stderr")
 
     parser = argparse.ArgumentParser(
@@ -429,12 +490,30 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{run,chat}", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="{run,chat,logs,serve}", required=True)
     run = commands.add_parser("run", parents=[common], help="answer one prompt, streamed, then print usage",
                               description="Answer one prompt (or stdin), streamed to stdout; usage goes to stderr.")
     run.add_argument("prompt", nargs="*", help="the prompt (default: read stdin)")
     commands.add_parser("chat", parents=[common], help="chat interactively",
                         description="Chat interactively. " + _CHAT_HELP + ".")
+    logs = commands.add_parser(
+        "logs", help="read an audit trail: conversations as a tree, one timeline, a live tail, or verify",
+        usage="convo logs FILE|STORE-URL [--convo ID] [--follow] [--json]\n       convo logs verify FILE [--json] "
+              "[--key-env VAR]",
+        description="Read an audit trail written by convo.audit.JSONLAuditLog (a file) or StoreAuditLog (a store "
+                    "URL such as sqlite:///convos.db): the conversations as a tree with turns, tool calls and cost; "
+                    "one conversation's timeline (--convo); new events as they are written (--follow). "
+                    "'convo logs verify FILE' checks a file's hash chain and says where it breaks (exit status 1).")
+    _logs_arguments(logs, argparse.REMAINDER)  # options may follow the words too: _logs reads them again
+    logs.set_defaults(verbose=False)
+    from .server import runner as _server
+
+    serve = commands.add_parser(
+        "serve", help="serve conversations to remote clients (the Chucky protocol, on WebSocket)",
+        description="Run conversations for remote clients: the Chucky WebSocket endpoint /ws (tokens signed "
+                    "with CONVO_SERVER_SECRET or --secret-file; --dev makes a throwaway secret and prints a "
+                    "token). Needs the server extra: pip install 'convo[server]'.")
+    _server.add_arguments(serve)
     return parser
 
 
@@ -466,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
-    command = _run if args.command == "run" else _chat
+    command = {"run": _run, "chat": _chat, "logs": _logs, "serve": _serve}[args.command]
     try:
         with _logging_to_stderr(err, args.verbose):
             return command(args, out, err, stdin)

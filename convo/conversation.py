@@ -47,8 +47,11 @@ from .errors import (
     ConfigurationError,
     ConversationBusy,
     ConversationClosed,
+    ConvoError,
     MaxTurnsExceeded,
+    PendingAlreadyResolved,
     ToolDefinitionError,
+    ToolsPending,
     UnknownToolUseError,
     UnpricedModel,
 )
@@ -64,13 +67,14 @@ from .messages import (
     ToolResult,
     ToolUse,
 )
-from .pricing import PRICES, Price, PriceTable
+from .pricing import PRICES, Price, PriceTable, price_for
 from .service import Service, StreamEvent
 from .streaming import Stream
+from .hooks import PendingTool
 from .tools import Tool, _current_call
-from .usage import CumulativeUsage, Usage
+from .usage import CumulativeUsage, Usage, UsageNode
 
-__all__ = ["Budget", "Convo", "DEFAULT_MAX_TURNS"]
+__all__ = ["Budget", "Convo", "DEFAULT_MAX_TURNS", "resume"]
 
 #: Tool results longer than this many characters are replaced by an error
 #: result: a runaway tool must not blow the context window (and the budget).
@@ -106,6 +110,14 @@ def _check_max_turns(max_turns: Any) -> int | None:
     return max_turns
 
 
+def _departed_node(id: str, depth: int, own: CumulativeUsage, departed: list) -> UsageNode:
+    children = tuple(_departed_node(*d) for d in list(departed))
+    total = own.copy()
+    for child in children:
+        total.merge(child.total)
+    return UsageNode(id, depth, own.copy(), total, children, live=False)
+
+
 def _to_budget(value: Any) -> Budget:
     if value is None:
         return Budget()
@@ -122,6 +134,7 @@ class _Send:
     request: Request
     token: CancelToken
     reserved: Decimal | None
+    settled: bool = False  # its usage is counted (by a commit, or a rejection after the reply came)
 
 
 class _Tree:
@@ -170,6 +183,12 @@ class Convo:
             ``ThinkingConfig(budget_tokens=2048)``.
         prices: the :class:`~convo.PriceTable` to price replies with.
         max_tool_result_chars: longer tool results become error results.
+        store: a :class:`~convo.Store`: every successful turn is saved to it
+            before the send returns (see :func:`convo.resume`); sub-convos
+            use it too.
+        hooks: objects that shape requests, check replies and gate tool
+            calls (see :mod:`convo.hooks`); packs use them. Not inherited
+            by sub-convos.
         mcp_servers: :class:`convo.MCPServer` objects (or any object with
             ``name``, ``tools()`` and ``close()``) whose tools join this
             convo's, listed afresh for every request; sub-convos inherit
@@ -201,13 +220,15 @@ class Convo:
     prices: PriceTable = field(default=PRICES, kw_only=True)
     max_tool_result_chars: int = field(default=DEFAULT_MAX_TOOL_RESULT_CHARS, kw_only=True)
     mcp_servers: tuple = field(default=(), kw_only=True, converter=tuple)
+    store: Any = field(default=None, kw_only=True)
+    hooks: tuple = field(default=(), kw_only=True, converter=tuple)
     parent: "Convo | None" = field(default=None, kw_only=True)
 
     _lock: threading.Lock = field(init=False, factory=threading.Lock)
     _turn_lock: threading.Lock = field(init=False, factory=threading.Lock)
     _turn_owner: int | None = field(init=False, default=None)
     _tree: _Tree = field(init=False, default=None)
-    _chain: tuple = field(init=False, default=())
+    _ancestors: tuple = field(init=False, default=())  # parent, grandparent... (not self: no reference cycle)
     _messages: list = field(init=False, factory=list)
     _usage: CumulativeUsage = field(init=False, factory=CumulativeUsage)
     _budget_start: Decimal = field(init=False, default=Decimal(0))
@@ -223,6 +244,14 @@ class Convo:
     _inherited: CancelToken | None = field(init=False, default=None)
     _closed: bool = field(init=False, default=False)
     _owns_servers: bool = field(init=False, default=True)
+    _own_usage: CumulativeUsage = field(init=False, factory=CumulativeUsage)  # its own replies, not its subtree's
+    _version: int = field(init=False, default=0)  # the stored version this history is (0: never saved)
+    _unsure: bool = field(init=False, default=False)  # a save failed midway: reread the store before the next
+    _save_lock: threading.RLock = field(init=False, factory=threading.RLock)  # one write to the store at a time
+    _missing_tools: tuple = field(init=False, default=())  # an ancestor loaded without the tools it used
+    _pending: dict = field(init=False, factory=dict)  # tool calls held for approval, by id
+    _departed: list = field(init=False, factory=list)  # (id, depth, own usage, their departed) of dropped sub-convos
+    _output_schema: dict | None = field(init=False, default=None)  # set by run(output=...) for its turn
 
     def __attrs_post_init__(self) -> None:
         if self.service is None:
@@ -242,16 +271,21 @@ class Convo:
         for server in self.mcp_servers:
             if not (callable(getattr(server, "tools", None)) and callable(getattr(server, "close", None))):
                 raise ArgumentTypeError(f"mcp_servers must be convo.MCPServer objects, got {type(server).__name__}")
+        names = [getattr(server, "name", None) for server in self.mcp_servers]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"two MCP servers have the same name: {sorted(names)}; their tools would clash")
+        if self.store is not None and not callable(getattr(self.store, "write", None)):
+            raise ArgumentTypeError(f"store must be a convo.Store, got {type(self.store).__name__}")
         self.tool_choice = self._checked_tool_choice(self.tool_choice)
         self._check_settings()
         if self.parent is not None:
             if not isinstance(self.parent, Convo):
                 raise ArgumentTypeError(f"parent must be a Convo, got {type(self.parent).__name__}")
             self._tree = self.parent._tree
-            self._chain = (self,) + self.parent._chain
+            self._ancestors = (self.parent,) + self.parent._ancestors
         else:
             self._tree = _Tree()
-            self._chain = (self,)
+            self._ancestors = ()
 
     def _check_settings(self) -> None:
         def positive_int(name: str, value: Any, optional: bool = True) -> None:
@@ -320,17 +354,26 @@ class Convo:
                 f"service={type(self.service).__name__}>")
 
     def available_tools(self) -> tuple:
-        """The tools the model may call now: ``tools`` and those of every MCP server.
+        """The tools the model may call now: ``tools``, those of every MCP server, and those hooks add.
 
-        MCP servers are asked each time (they start on first use, and their
-        tool lists may change between turns).
+        MCP servers and hooks are asked each time (servers start on first
+        use, and tool lists may change between turns).
         """
-        if not self.mcp_servers:
+        providers = self._hook_methods("tools")
+        if not self.mcp_servers and not providers:
             return self.tools
         tools = list(self.tools)
         for server in self.mcp_servers:
             tools.extend(server.tools())
+        for provide in providers:
+            tools.extend(provide(self))
         return tuple(tools)
+
+    def _repr_html_(self) -> str:
+        """The transcript as HTML, for notebooks (see :mod:`convo.notebook`)."""
+        from .notebook import convo_html
+
+        return convo_html(self)
 
     @property
     def model(self) -> str | None:
@@ -344,13 +387,27 @@ class Convo:
 
         A turn already in progress finishes. The history, usage and settings
         stay readable. MCP servers a sub-convo inherited are stopped by the
-        convo they were given to, not by the sub-convo.
+        convo they were given to, not by the sub-convo; a server you started
+        yourself (``server.start()`` or ``with server:``) is yours to stop,
+        so one server can serve many convos.
         """
         if self._closed:
             return
         self._closed = True
+        if self.store is not None and self._turn_lock.acquire(blocking=False):
+            # Saved now if no turn is running; a running turn saves it as it commits.
+            try:
+                with self._lock:
+                    keep = len(self._messages)
+                self._save(keep, [], closed=True)
+            except Exception as exc:  # closing must not fail because the store is down
+                log.warning("close_not_saved", convo_id=self.id, error=f"{type(exc).__name__}: {exc}")
+            finally:
+                self._turn_lock.release()
         if self._owns_servers:
             for server in self.mcp_servers:
+                if getattr(server, "started_by_user", False) is True:
+                    continue  # yours to stop: it may serve other convos too
                 try:
                     server.close()
                 except Exception as exc:  # one server failing to stop must not keep the others running
@@ -371,14 +428,16 @@ class Convo:
 
     def depth(self) -> int:
         """0 for a root conversation, 1 for its sub-convos, and so on."""
-        return len(self._chain) - 1
+        return len(self._ancestors)
 
     def root(self) -> "Convo":
         """The conversation at the top of this one's tree."""
-        return self._chain[-1]
+        return self._ancestors[-1] if self._ancestors else self
 
-    def _ancestry(self) -> tuple:
-        return self._chain
+    @property
+    def _chain(self) -> tuple:
+        """This convo and its ancestors, nearest first (built per use: holding it would make a reference cycle)."""
+        return (self,) + self._ancestors
 
     def sub_convo(self, *, service: Service | None = None, model: str | None = None, system_prompt: str = "",
                   tools: Iterable[Tool] = (), budget: Budget | None = None, id: str | None = None,
@@ -415,6 +474,7 @@ class Convo:
             prices=self.prices,
             max_tool_result_chars=self.max_tool_result_chars,
             mcp_servers=self.mcp_servers,
+            store=self.store,
         )
         unknown = set(overrides) - {f.alias for f in attrs.fields(Convo) if f.init} - {"parent"}
         if unknown or "parent" in overrides:
@@ -433,6 +493,38 @@ class Convo:
             if self._children is None:
                 self._children = weakref.WeakSet()
             self._children.add(child)
+        # Keep what a sub-convo spent once it is dropped, for usage_tree() (its totals stay in ours anyway).
+        weakref.finalize(child, self._keep_departed, child.id, child.depth(), child._own_usage, child._departed)
+
+    def _keep_departed(self, id: str, depth: int, own: CumulativeUsage, departed: list) -> None:
+        with self._lock:
+            self._departed.append((id, depth, own, departed))
+
+    def sub_convos(self) -> list["Convo"]:
+        """The sub-convos of this convo still in memory (most recent last is not guaranteed)."""
+        with self._lock:
+            return list(self._children or ())
+
+    def own_usage(self) -> CumulativeUsage:
+        """A copy of what this convo's own replies and tool calls spent, without its sub-convos'."""
+        return self._own_usage_copy()
+
+    def usage_tree(self) -> UsageNode:
+        """This convo and every sub-convo below it, each with its own and its total usage.
+
+        Sub-convos already dropped are there too (``live=False``), with the
+        numbers they had when they went.
+        """
+        with self._tree.lock:
+            return self._usage_node()
+
+    def _usage_node(self) -> UsageNode:
+        with self._lock:
+            children = list(self._children or ())
+            departed = list(self._departed)
+        nodes = [c._usage_node() for c in sorted(children, key=lambda c: c.id)]
+        nodes += [_departed_node(*d) for d in departed]
+        return UsageNode(self.id, self.depth(), self._own_usage.copy(), self._usage.copy(), tuple(nodes))
 
     def sub_convo_with_history(self, **overrides: Any) -> "Convo":
         """A conversation below this one that starts from a copy of its history.
@@ -501,12 +593,7 @@ class Convo:
             self._budget_start = self._usage.total_cost_usd
 
     def _price_of(self, model: str | None) -> Price | None:
-        price = self.prices.lookup(model) if model else None
-        if price is None:
-            own = getattr(self.service, "price", None)
-            if callable(own):
-                price = own()
-        return price
+        return price_for(model, self.service, self.prices)
 
     def _price(self, response: Response) -> Response:
         if response.usage.cost_usd is not None:
@@ -523,21 +610,34 @@ class Convo:
             return response
         return attrs.evolve(response, usage=attrs.evolve(response.usage, cost_usd=price.cost(response.usage)))
 
+    def worst_case(self, request: Request) -> tuple[Request, Decimal | None]:
+        """What ``request`` could cost at most, and the request to send so that the bound holds.
+
+        The bound is the request's input estimate (see :mod:`convo.budget`)
+        at the model's highest input rate plus its reply cap at the output
+        rate. A request without a reply cap (neither it nor the service sets
+        one) gets :data:`~convo.budget.DEFAULT_RESERVED_OUTPUT_TOKENS`, and
+        the returned request carries it. The cost is None when the model has
+        no price. Budgets kept elsewhere (a server's per-user windows) use
+        this to reserve as the convo's own budgets do.
+        """
+        price = self._price_of(self.model)
+        if price is None:
+            return request, None
+        max_out = request.max_tokens or getattr(self.service, "max_tokens", None)
+        if not max_out:
+            max_out = DEFAULT_RESERVED_OUTPUT_TOKENS
+            request = attrs.evolve(request, max_tokens=max_out)
+        return request, price.worst_case(estimate_input_tokens(request, self._counted_tokens()), max_out)
+
     def _reserve(self, request: Request) -> tuple[Request, Decimal | None]:
         """Hold the request's worst-case cost against every budget above; the request to send."""
         limited = [node for node in self._chain if node.budget.max_dollars is not None]
         if not limited:
             return request, None
-        model = self.model
-        price = self._price_of(model)
-        if price is None:
-            raise UnpricedModel(model or f"(the model of {type(self.service).__name__})", limited[0].id)
-        max_out = request.max_tokens or getattr(self.service, "max_tokens", None)
-        if not max_out:
-            # A request without a reply cap has no worst case: give it one.
-            max_out = DEFAULT_RESERVED_OUTPUT_TOKENS
-            request = attrs.evolve(request, max_tokens=max_out)
-        worst = price.worst_case(estimate_input_tokens(request, self._counted_tokens()), max_out)
+        request, worst = self.worst_case(request)
+        if worst is None:
+            raise UnpricedModel(self.model or f"(the model of {type(self.service).__name__})", limited[0].id)
         with self._tree.lock:
             for node in limited:
                 limit = node.budget.max_dollars
@@ -562,16 +662,28 @@ class Convo:
         """Release a send's reservation (once) and count what was really spent, in one step for the tree."""
         with self._tree.lock:
             reserved, send.reserved = send.reserved, None
+            if usage is not None:
+                send.settled = True
             for node in self._chain:
                 if reserved is not None:
                     node._reserved -= reserved
                 if usage is not None:
                     node._usage.add(usage, response=response)
+            if usage is not None:
+                self._own_usage.add(usage, response=response)
 
     def _record_tool_use(self, name: str) -> None:
         with self._tree.lock:
             for node in self._chain:
                 node._usage.count_tool(name)
+            self._own_usage.count_tool(name)
+
+    def _absorb_usage(self, usage: CumulativeUsage) -> None:
+        """Count usage spent elsewhere (another process, a remote worker) as this convo's own."""
+        with self._tree.lock:
+            for node in self._chain:
+                node._usage.merge(usage)
+            self._own_usage.merge(usage)
 
     # --- history -----------------------------------------------------------------
 
@@ -604,6 +716,7 @@ class Convo:
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             thinking=self.thinking,
+            output_schema=self._output_schema,
         )
 
     def _answer_tool_calls(self, history: list[Message], message: Message) -> Message:
@@ -636,10 +749,13 @@ class Convo:
 
     # --- turns -------------------------------------------------------------------
 
-    def _enter_turn(self) -> CancelToken:
+    def _enter_turn(self, *, allow_closed: bool = False) -> CancelToken:
         """Wait for this convo's turn; the cancel token of the turn."""
-        if self._closed:
+        if self._closed and not allow_closed:
             raise ConversationClosed(self.id)
+        if self._missing_tools:
+            raise ConfigurationError(f"convo {self.id} was loaded as the ancestor of a resumed sub-convo, without "
+                                     f"its tools {list(self._missing_tools)}; resume it by its own id to send on it")
         me = threading.get_ident()
         if self._turn_owner == me:
             raise ConversationBusy(
@@ -656,9 +772,15 @@ class Convo:
         if self._inherited is not None and self._inherited.cancelled:
             raise Cancelled(f"convo {self.id}: the tool call that created this sub-convo was cancelled")
         self._turn_lock.acquire()
-        if self._closed:
+        if self._closed and not allow_closed:
             self._turn_lock.release()
             raise ConversationClosed(self.id)
+        if self._unsure:
+            try:
+                self._reread()
+            except BaseException:
+                self._turn_lock.release()
+                raise
         self._turn_owner = me
         token = CancelToken()
         with self._lock:
@@ -687,6 +809,10 @@ class Convo:
         if token.cancelled:
             raise Cancelled(token.reason or "cancelled")
         choice = self._checked_tool_choice(tool_choice)
+        with self._lock:
+            pending = list(self._pending)
+        if pending:
+            raise ToolsPending(self.id, pending)
         history = self.messages
         if message is None:
             to_send = history
@@ -695,11 +821,24 @@ class Convo:
             if not message.content:
                 raise ConfigurationError("cannot send an empty message: give text or content blocks")
             to_send = history + [message]
-        request, reserved = self._reserve(self._build_request(to_send, choice))
-        if message is not None and message.tool_results():
-            self._announce_results(history[-1].tool_uses(), message)
-        self._notify("on_request", request)
-        return _Send(message, request, token, reserved)
+        request = self._build_request(to_send, choice)
+        for prepare in self._hook_methods("prepare_request"):
+            changed = prepare(self, request)
+            if changed is not None:
+                if not isinstance(changed, Request):
+                    raise ArgumentTypeError(f"a hook's prepare_request returned {type(changed).__name__}, "
+                                            "not a convo.Request")
+                request = changed
+        request, reserved = self._reserve(request)
+        send = _Send(message, request, token, reserved)
+        try:
+            if message is not None and message.tool_results():
+                self._announce_results(history[-1].tool_uses(), message)
+            self._notify("on_request", request)  # a strict listener that fails stops the send here
+        except BaseException:
+            self._settle(send, None, response=False)
+            raise
+        return send
 
     def _announce_results(self, tool_uses: list[ToolUse], message: Message) -> None:
         # Every result the model receives reaches the listener once, whoever produced it.
@@ -711,32 +850,316 @@ class Convo:
             self._notify_result(by_id[result.tool_use_id], result, None)
 
     def _commit(self, send: _Send, response: Response) -> Response:
-        """A reply arrived: price it, count it, and add the exchange to the history."""
+        """A reply arrived: price it, count it, save the turn, and add the exchange to the history.
+
+        With a store, the turn is saved first and joins the history only if
+        the save succeeded; its cost is counted either way (it was spent).
+        """
         response = self._price(response)
         usage = response.usage
+        try:
+            for check in self._hook_methods("check_response"):
+                checked = check(self, response)
+                if checked is not None:
+                    response = checked
+        except BaseException:
+            self._settle(send, usage, response=True)  # rejected, but spent
+            raise
         with self._lock:
+            keep = len(self._messages)
             if send.message is None and self._messages and self._messages[-1].role == Role.ASSISTANT:
-                last = self._messages.pop()
-                self._messages.append(Message(Role.ASSISTANT, last.content + response.content))
+                keep -= 1
+                added = [Message(Role.ASSISTANT, self._messages[-1].content + response.content)]
             else:
-                self._messages.append(send.message)
-                self._messages.append(response.to_message())
+                added = [send.message, response.to_message()]
+        paused = response.stop_reason == StopReason.PAUSE_TURN
+        counted = None
+        if usage.total_input_tokens():
+            # What the provider counted, and the request whose system prompt and tools it counted
+            # with (their estimate is only needed, and worked out, under a budget).
+            counted = (keep + len(added), usage.total_input_tokens() + usage.output_tokens, send.request)
+        if self.store is not None:
+            try:
+                own = self._own_usage_copy()
+                own.add(usage)
+                changes: dict[str, Any] = dict(answers={}, notified=set(), paused=paused, last_usage=usage,
+                                               own_usage=own)
+                if counted is not None:
+                    changes["counted"] = counted
+                self._save(keep, added, **changes)
+            except BaseException:
+                self._settle(send, usage, response=True)  # spent, even though it could not be saved
+                raise
+        with self._lock:
+            del self._messages[keep:]
+            self._messages.extend(added)
             self._answers = {}
             self._notified = set()
-            self._paused = response.stop_reason == StopReason.PAUSE_TURN
-            if usage.total_input_tokens():
-                # What the provider counted, and the request whose system prompt and tools it
-                # counted with (their estimate is only needed, and worked out, under a budget).
-                self._counted = (len(self._messages), usage.total_input_tokens() + usage.output_tokens,
-                                 send.request)
+            self._paused = paused
+            if counted is not None:
+                self._counted = counted
             self._last_usage = usage
         self._settle(send, usage, response=True)
         self._notify("on_response", response)
         return response
 
+    # --- persistence -------------------------------------------------------------
+
+    def _own_usage_copy(self) -> CumulativeUsage:
+        with self._tree.lock:
+            return self._own_usage.copy()
+
+    def _state(self, **changes: Any) -> dict:
+        """What a store keeps besides the messages: settings, held results, usage and budget state.
+
+        ``changes`` give values the state is about to have (a turn being saved).
+        """
+        with self._lock:
+            answers = changes.get("answers", self._answers)
+            pending = list(changes.get("pending", self._pending).values())
+            notified = changes.get("notified", self._notified)
+            paused = changes.get("paused", self._paused)
+            last = changes.get("last_usage", self._last_usage)
+            counted = changes["counted"] if "counted" in changes else self._counted
+        if counted is not None:
+            n, tokens, preamble = counted
+            counted = [n, tokens, preamble if isinstance(preamble, int) else preamble_tokens(preamble)]
+        with self._tree.lock:
+            own = changes.get("own_usage") or self._own_usage.copy()
+            budget_start = self._budget_start
+        return {
+            "format": STATE_FORMAT,
+            "id": self.id,
+            "parent_id": self.parent.id if self.parent is not None else None,
+            "depth": self.depth(),
+            "service": type(self.service).__name__,
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "tools": [t.spec().to_dict() for t in self.tools] if not self._missing_tools
+            else [{"name": name} for name in self._missing_tools],
+            "mcp_servers": [getattr(server, "name", type(server).__name__) for server in self.mcp_servers],
+            "tool_choice": self.tool_choice.to_dict() if self.tool_choice is not None else None,
+            "budget": {**self.budget.to_dict(), "spent_before": str(budget_start)},
+            "prompt_caching": self.prompt_caching,
+            "tool_use_only": self.tool_use_only,
+            "hidden": self.hidden,
+            "extra_data": self.extra_data,
+            "max_tool_workers": self.max_tool_workers,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "thinking": self.thinking.to_dict() if self.thinking is not None else None,
+            "max_tool_result_chars": self.max_tool_result_chars,
+            "closed": changes.get("closed", self._closed),
+            "held_results": [r.to_dict() for r in answers.values()],
+            "pending_tools": [p.to_dict() for p in pending],
+            "announced_results": sorted(notified),
+            "paused": paused,
+            "counted_tokens": counted,
+            "own_usage": own.to_dict(),
+            "last_usage": last.to_dict(),
+            "hooks": {h.state_key: h.to_state() for h in self.hooks
+                      if getattr(h, "state_key", None) and callable(getattr(h, "to_state", None))},
+        }
+
+    def _save(self, keep: int, added: list[Message], **changes: Any) -> None:
+        """Write this convo's change to its store: all of it or, on any error, nothing (then reread first).
+
+        A sub-convo saved for the first time saves its unsaved ancestors
+        first, so the stored tree never has a child without its parent.
+        """
+        from .errors import StoreUnavailable
+
+        with self._save_lock:
+            if self._version == 0 and self.parent is not None:
+                self.parent._ensure_stored()
+            state = self._state(**changes)
+            own = changes.get("own_usage") or self._own_usage_copy()
+            try:
+                version = self.store.write(self.id, expected_version=self._version,
+                                           parent_id=self.parent.id if self.parent is not None else None,
+                                           root_id=self.root().id, state=state, usage=own, keep=keep,
+                                           append=added)
+            except StoreUnavailable:
+                # It may or may not have committed: the store is the truth, reread it before the next turn.
+                self._unsure = True
+                raise
+            self._version = version
+        self._notify("on_state_saved", version)
+
+    def _ensure_stored(self) -> None:
+        with self._save_lock:
+            if self._version == 0:
+                with self._lock:
+                    messages = list(self._messages)
+                self._save(0, messages)
+
+    def _reread(self) -> None:
+        """After a save of unknown outcome: take the history back from the store (the usage stays counted)."""
+        stored = self.store.load(self.id) if self._version or self._stored_anywhere() else None
+        with self._lock:
+            if stored is None:
+                self._messages, self._version = [], 0
+            else:
+                self._messages = list(stored.messages)
+                self._version = stored.version
+                self._answers = {r["tool_use_id"]: ToolResult.from_dict(r)
+                                 for r in stored.state.get("held_results", [])}
+                self._notified = set(stored.state.get("announced_results", []))
+                self._pending = {p["id"]: PendingTool.from_dict(p) for p in stored.state.get("pending_tools", [])}
+                self._paused = bool(stored.state.get("paused", False))
+            self._counted = None
+        self._unsure = False
+
+    def _stored_anywhere(self) -> bool:
+        from .errors import ConversationNotFound
+
+        try:
+            self.store.load(self.id)
+        except ConversationNotFound:
+            return False
+        return True
+
+    def save(self) -> None:
+        """Save settings, budget and held results now (turns are saved as they happen).
+
+        Waits for a turn in progress. Does nothing without a store.
+        """
+        if self.store is None:
+            return
+        token = self._enter_turn(allow_closed=True)
+        try:
+            with self._lock:
+                keep = len(self._messages)
+            self._save(keep, [])
+        finally:
+            self._exit_turn(token)
+
+    def clear(self) -> None:
+        """Drop the history; keep the system prompt, settings, usage and the money already spent.
+
+        Saved at once with a store. Waits for a turn in progress.
+        """
+        token = self._enter_turn()
+        try:
+            if self.store is not None:
+                self._save(0, [], answers={}, notified=set(), paused=False, counted=None)
+            with self._lock:
+                self._messages = []
+                self._answers = {}
+                self._notified = set()
+                self._paused = False
+                self._counted = None
+        finally:
+            self._exit_turn(token)
+
+    def _forked_hooks(self) -> list:
+        """The hooks a fork gets: a hook with saved state is rebuilt from it (a fork's variables are its own)."""
+        from .hooks import restorer_for
+
+        hooks = []
+        for hook in self.hooks:
+            key = getattr(hook, "state_key", None)
+            restore = restorer_for(key) if key and callable(getattr(hook, "to_state", None)) else None
+            hooks.append(restore(hook.to_state(), self._state()) if restore is not None else hook)
+        return hooks
+
+    def rewind(self, keep: int) -> None:
+        """Keep only the first ``keep`` messages (editing an earlier message: what followed is dropped).
+
+        Held results and pending calls belong to what is dropped, so they
+        go too; usage and money already spent stay. Saved at once with a
+        store. Waits for a turn in progress.
+
+        Raises:
+            ConfigurationError: ``keep`` is not between 0 and the history's length.
+        """
+        if isinstance(keep, bool) or not isinstance(keep, int):
+            raise ArgumentTypeError(f"keep must be an int, got {type(keep).__name__}")
+        token = self._enter_turn()
+        try:
+            with self._lock:
+                count = len(self._messages)
+            if not 0 <= keep <= count:
+                raise ConfigurationError(f"keep must be between 0 and {count}, got {keep}")
+            if self.store is not None:
+                self._save(keep, [], answers={}, notified=set(), paused=False, counted=None, pending={})
+            with self._lock:
+                del self._messages[keep:]
+                self._answers, self._notified, self._pending = {}, set(), {}
+                self._paused = False
+                self._counted = None
+        finally:
+            self._exit_turn(token)
+
+    def extend(self, messages: Iterable[Message]) -> None:
+        """Append messages that did not come from a send (a reply cut short by an interrupt, an import).
+
+        They must continue the alternation of user and assistant messages.
+        Tool calls in them that have no result yet get one, saying they
+        were not executed, with the next send. Saved at once with a store.
+
+        Raises:
+            ConfigurationError: the messages would break the alternation.
+        """
+        messages = [self._checked_message(m) for m in messages]
+        token = self._enter_turn()
+        try:
+            with self._lock:
+                last = self._messages[-1].role if self._messages else Role.ASSISTANT
+            for m in messages:
+                if m.role == last:
+                    raise ConfigurationError(f"messages must alternate user and assistant; two {m.role!s} "
+                                             "messages in a row")
+                last = m.role
+            if self.store is not None:
+                with self._lock:
+                    keep = len(self._messages)
+                self._save(keep, messages, answers={}, notified=set(), paused=False)
+            with self._lock:
+                self._messages.extend(messages)
+                self._answers, self._notified, self._paused = {}, set(), False
+        finally:
+            self._exit_turn(token)
+
+    @staticmethod
+    def _checked_message(m: Any) -> Message:
+        if not isinstance(m, Message):
+            raise ArgumentTypeError(f"expected a convo.Message, got {type(m).__name__}")
+        return m
+
+    def fork(self, id: str | None = None) -> "Convo":
+        """An independent copy: the history and settings as they are now, its own usage from here on.
+
+        Hooks come along (a hook with saved state, such as a pack's, is
+        rebuilt from it, so the fork's variables are its own). The fork has
+        the same parent (a fork of a root is a root), so what it
+        spends rolls up as this convo's spending does, and it is saved in the
+        same store at once.
+
+        Raises:
+            ConcurrentUpdate: a stored conversation already has that ``id``.
+        """
+        with self._lock:
+            messages = list(self._messages)
+            answers, paused = dict(self._answers), self._paused
+        fork = Convo(self.service, system_prompt=self.system_prompt, tools=self.tools, tool_choice=self.tool_choice,
+                     budget=self.budget, listener=self.listener, prompt_caching=self.prompt_caching,
+                     tool_use_only=self.tool_use_only, hidden=self.hidden, extra_data=self.extra_data,
+                     max_tool_workers=self.max_tool_workers, id=id or _new_id(), max_tokens=self.max_tokens,
+                     temperature=self.temperature, thinking=self.thinking, prices=self.prices,
+                     max_tool_result_chars=self.max_tool_result_chars, mcp_servers=self.mcp_servers,
+                     store=self.store, parent=self.parent, hooks=self._forked_hooks())
+        fork._owns_servers = False
+        fork._messages, fork._answers, fork._paused = messages, answers, paused
+        if fork.store is not None:
+            fork._save(0, messages)
+        if self.parent is not None:
+            self.parent._adopt(fork)
+        return fork
+
     def _abort(self, send: _Send, error: BaseException, reported: Usage | None = None) -> None:
         """A request failed: release its reservation, count any usage the provider reported, tell the listener."""
-        usage = self._price_usage(reported) if reported is not None else None
+        usage = self._price_usage(reported) if reported is not None and not send.settled else None
         self._settle(send, usage, response=False)
         self._notify("on_error", send.request, error)
         if usage is not None:
@@ -757,10 +1180,10 @@ class Convo:
             if not isinstance(response, Response):
                 raise ArgumentTypeError(f"{type(self.service).__name__}.do() returned {type(response).__name__}, "
                                         "not a convo.Response")
+            return self._commit(send, response)
         except BaseException as exc:
             self._abort(send, exc)
             raise
-        return self._commit(send, response)
 
     def _exchange(self, message: Message | None, tool_choice: Any, token: CancelToken,
                   on_event: Callable[[StreamEvent], None] | None) -> Response:
@@ -879,6 +1302,11 @@ class Convo:
                 if self._running.get(call.tool_use.id) is call:
                     del self._running[call.tool_use.id]
 
+    def _hook_methods(self, name: str) -> list:
+        if not self.hooks:
+            return []
+        return [m for m in (getattr(h, name, None) for h in self.hooks) if m is not None]
+
     def _notify(self, event: str, *args: Any) -> None:
         _listeners.notify(self.listener, event, self, *args)
 
@@ -886,6 +1314,133 @@ class Convo:
         with self._lock:
             self._notified.add(tool_use.id)
         self._notify("on_tool_result", tool_use, result, error)
+
+    # --- packs (convo.open) ----------------------------------------------------------
+    # A pack conversation is a Convo whose hooks include a pack session (convo.packs);
+    # these methods are its public face, as PromptKit's conversation has them.
+
+    def _pack(self) -> Any:
+        for hook in self.hooks:
+            if getattr(hook, "state_key", None) == "pack":
+                return hook
+        raise ConfigurationError(f"convo {self.id} was not opened from a pack (use convo.open(pack, prompt))")
+
+    def set_var(self, name: str, value: Any) -> None:
+        """Set a pack variable; the system prompt is rendered from the variables at each send."""
+        self._pack().set_var(name, value)
+
+    def set_vars(self, values: dict) -> None:
+        """Set several pack variables at once (all checked before any is set)."""
+        self._pack().set_vars(values)
+
+    def set_vars_from_env(self, prefix: str) -> None:
+        """Set pack variables from the environment: ``PREFIX_CUSTOMER_NAME`` sets ``customer_name``."""
+        self._pack().set_vars_from_env(prefix)
+
+    def get_var(self, name: str) -> Any:
+        """A pack variable's current value (its default when unset)."""
+        return self._pack().get_var(name)
+
+    def on_tool(self, name: str, fn: Callable[..., Any], *, approve: Callable[[dict], Any] | None = None) -> None:
+        """Handle the pack's tool ``name`` with ``fn``; ``approve(args)`` may hold calls for a person."""
+        self._pack().on_tool(name, fn, approve=approve)
+
+    def on_tools(self, handlers: dict, *, approve: dict | None = None) -> None:
+        """Handle several pack tools: ``{name: fn}``, with ``approve={name: check}`` for those that need it."""
+        self._pack().on_tools(handlers, approve=approve)
+
+    def on_tool_http(self, name: str, url: str, *, method: str = "POST", headers: dict | None = None,
+                     timeout: float = 30.0) -> None:
+        """Handle the pack's tool ``name`` by sending its arguments as JSON to ``url`` and returning the reply."""
+        self._pack().on_tool_http(name, url, method=method, headers=headers, timeout=timeout)
+
+    # --- tool calls held for approval -----------------------------------------------
+
+    def pending_tools(self) -> list:
+        """The tool calls a hook held for approval, in the order the model asked (:class:`~convo.PendingTool`)."""
+        with self._lock:
+            return list(self._pending.values())
+
+    def _hold_pending(self, pending: list) -> None:
+        with self._lock:
+            for p in pending:
+                self._pending[p.id] = p
+        if self.store is not None:
+            with self._lock:
+                keep = len(self._messages)
+            self._save(keep, [])
+
+    def _claim_pending(self, tool_use_id: str, verdict: str) -> "Any":
+        """Take a held call out of the pending set, atomically (across processes with a store)."""
+        with self._lock:
+            held = self._pending.get(tool_use_id)
+            answered = tool_use_id in self._answers
+        if held is None:
+            if answered:
+                raise PendingAlreadyResolved(tool_use_id)
+            raise UnknownToolUseError(tool_use_id)
+        if self.store is not None:
+            won = self.store.kv_claim("pending_tools", f"{self.id}:{tool_use_id}", {"verdict": verdict,
+                                                                                  "at": now().isoformat()})
+        else:
+            with self._lock:
+                won = self._pending.pop(tool_use_id, None) is not None
+        if not won:
+            raise PendingAlreadyResolved(tool_use_id)
+        return held
+
+    def _settle_pending(self, held: Any, answers: dict, approved: bool) -> None:
+        with self._lock:
+            self._pending.pop(held.id, None)
+            self._answers.update(answers)
+        if self.store is not None:
+            with self._lock:
+                keep = len(self._messages)
+            self._save(keep, [])
+        self._notify("on_tool_resolved", held, approved)
+
+    def resolve_tool(self, tool_use_id: str, args: dict | None = None) -> ToolResult | None:
+        """Approve a held tool call and run it now (with ``args`` instead of the model's, if given).
+
+        Its result is held and sent by :meth:`continue_turn` once no call is
+        pending. Waits for a turn in progress.
+
+        Raises:
+            PendingAlreadyResolved: it was approved or rejected already, here
+                or by another process sharing the store.
+            UnknownToolUseError: no held call has that id.
+        """
+        if args is not None and not isinstance(args, dict):
+            raise ArgumentTypeError(f"args must be a dict of the tool's arguments, got {type(args).__name__}")
+        token = self._enter_turn()
+        try:
+            held = self._claim_pending(tool_use_id, "approved")
+            call = ToolUse(held.id, held.name, held.arguments if args is None else args)
+            tool_round = run_tool_calls(self, Response(id="", model=self.model or "", content=(call,),
+                                                       stop_reason=StopReason.TOOL_USE), gate=False, fresh=False)
+            self._settle_pending(held, tool_round.answers, approved=True)
+            return tool_round.answers.get(held.id)
+        finally:
+            self._exit_turn(token)
+
+    def reject_tool(self, tool_use_id: str, reason: str = "") -> ToolResult:
+        """Reject a held tool call: the model reads that it was rejected, and why.
+
+        Raises:
+            PendingAlreadyResolved: it was approved or rejected already.
+            UnknownToolUseError: no held call has that id.
+        """
+        token = self._enter_turn()
+        try:
+            held = self._claim_pending(tool_use_id, "rejected")
+            at = now()
+            text = f"rejected by a person: {reason}" if reason else "rejected by a person"
+            result = ToolResult(held.id, text, is_error=True, start_time=at, end_time=at)
+            self._notify_result(ToolUse(held.id, held.name, held.arguments), result, None)
+            self._settle_pending(held, {held.id: result}, approved=False)
+            return result
+        finally:
+            self._exit_turn(token)
 
     def tool_result_cancel_contents(self, response: Response) -> list[ToolResult]:
         """Error results for every tool call in ``response``, without running any.
@@ -917,7 +1472,7 @@ class Convo:
         settled = call.settle(result, error=Cancelled(text))
         call.info.cancelled.cancel(reason)
         if settled:
-            self._notify_result(call.tool_use, result, call.error)
+            call.announce(self)
 
     def cancel(self, reason: str | None = None) -> None:
         """Stop whatever this convo and every convo below it are doing.
@@ -944,7 +1499,8 @@ class Convo:
     # --- the agent loop ----------------------------------------------------------
 
     def run(self, text: str = "", *other_contents: Any, max_turns: int | None = DEFAULT_MAX_TURNS,
-            on_event: Callable[[StreamEvent], None] | None = None, tool_choice: Any = None) -> Response:
+            on_event: Callable[[StreamEvent], None] | None = None, tool_choice: Any = None,
+            output: Any = None) -> Any:
         """Run the whole agent loop: send ``text``, run tools, send results, until done.
 
         One turn: sends from other threads wait until it ends. Stops when
@@ -956,19 +1512,34 @@ class Convo:
         passed to it. ``tool_choice`` applies to the first request only (a
         forced tool every time would never end the loop).
 
+        With ``output=T`` (an attrs class, a dataclass, a ``typing`` type, a
+        JSON Schema dict or a :class:`convo.Output`), the final reply is
+        parsed and validated into a ``T``, which is returned instead of the
+        reply; one that does not fit is answered with what was wrong, within
+        the same turn, until the model gets it right or runs out of attempts
+        (see :mod:`convo.structured`).
+
         Args:
-            max_turns: the most replies to ask for; None for no limit.
+            max_turns: the most replies to ask for (with ``output``, per
+                attempt); None for no limit.
 
         Raises:
             MaxTurnsExceeded: the model was still working after ``max_turns``
                 replies (continue with :meth:`continue_turn`).
+            OutputValidationError: with ``output``, no reply fit it.
             Cancelled: :meth:`cancel` was called; nothing more was sent.
             KeyboardInterrupt: a tool raised it.
         """
         limit = _check_max_turns(max_turns)
         message = self._user_message(Message.user(text, *other_contents))
+        if output is not None:
+            from . import structured
+
+            output = structured.Output.of(output)  # a bad type fails here, before the turn
         token = self._enter_turn()
         try:
+            if output is not None:
+                return structured.run_in_turn(self, output, message, limit, on_event, tool_choice, token)
             return self._loop(message, limit, on_event, tool_choice, token)
         finally:
             self._exit_turn(token)
@@ -993,6 +1564,9 @@ class Convo:
                 last = self._messages[-1] if self._messages else None
                 paused = self._paused
                 held = set(self._answers)
+                pending = list(self._pending)
+            if pending:
+                raise ToolsPending(self.id, pending)
             if last is None or last.role != Role.ASSISTANT or not (paused or last.tool_uses()):
                 raise ConfigurationError(f"convo {self.id}: the model ended its turn; there is nothing to continue")
             if paused:
@@ -1019,6 +1593,9 @@ class Convo:
                     return response
                 tool_round = self._tool_round(response)
                 token.raise_if_cancelled()
+                if tool_round.pending:
+                    self._hold_pending(tool_round.pending)
+                    return attrs.evolve(response, pending_tools=tuple(tool_round.pending))
                 if tool_round.ends_turn or not tool_round.results:
                     return response
             if limit is not None and turns >= limit:
@@ -1034,45 +1611,11 @@ class Convo:
         The service, tools, listener and prices are code: only their names
         are kept, and :meth:`from_dict` takes them again.
         """
+        d = self._state()
         with self._lock:
-            messages = list(self._messages)
-            answers = dict(self._answers)
-            notified = sorted(self._notified)
-            paused, last = self._paused, self._last_usage
-        counted = self._counted_tokens()
-        with self._tree.lock:
-            usage = self._usage.copy()
-            budget_start = self._budget_start
-        return {
-            "format": STATE_FORMAT,
-            "id": self.id,
-            "parent_id": self.parent.id if self.parent is not None else None,
-            "depth": self.depth(),
-            "service": type(self.service).__name__,
-            "model": self.model,
-            "system_prompt": self.system_prompt,
-            "tools": [t.spec().to_dict() for t in self.tools],
-            "mcp_servers": [getattr(server, "name", type(server).__name__) for server in self.mcp_servers],
-            "tool_choice": self.tool_choice.to_dict() if self.tool_choice is not None else None,
-            "budget": {**self.budget.to_dict(), "spent_before": str(budget_start)},
-            "prompt_caching": self.prompt_caching,
-            "tool_use_only": self.tool_use_only,
-            "hidden": self.hidden,
-            "extra_data": self.extra_data,
-            "max_tool_workers": self.max_tool_workers,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "thinking": self.thinking.to_dict() if self.thinking is not None else None,
-            "max_tool_result_chars": self.max_tool_result_chars,
-            "closed": self._closed,
-            "messages": [m.to_dict() for m in messages],
-            "held_results": [r.to_dict() for r in answers.values()],
-            "announced_results": notified,
-            "paused": paused,
-            "counted_tokens": list(counted) if counted is not None else None,
-            "cumulative_usage": usage.to_dict(),
-            "last_usage": last.to_dict(),
-        }
+            d["messages"] = [m.to_dict() for m in self._messages]
+        d["cumulative_usage"] = self.cumulative_usage().to_dict()
+        return d
 
     def debug_json(self) -> str:
         """The conversation as indented JSON, enums as readable strings; see :meth:`from_debug_json`."""
@@ -1090,23 +1633,42 @@ class Convo:
 
         Raises:
             ConfigurationError: the tools given are not the ones it used, or
-                the state is of a newer format.
+                the state is not a convo state (or is of a newer format).
         """
-        from .errors import ConvoError
-
         try:
+            messages = [Message.from_dict(m) for m in d.get("messages", [])]
+        except ConvoError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigurationError(f"not a convo state: {type(exc).__name__}: {exc}") from None
+        if "hooks" not in settings and d.get("hooks"):
+            settings = {**settings, "hooks": cls._restore_hooks(d["hooks"], d, d.get("id", "?"))}
+        c = cls._from_state(d, messages, service, tools=tools, listener=listener, prices=prices, parent=parent,
+                            settings=settings)
+        if d.get("cumulative_usage"):
+            c._usage = CumulativeUsage.from_dict(d["cumulative_usage"])
+        return c
+
+    @classmethod
+    def _from_state(cls, d: dict, messages: list[Message], service: Service | None, *, tools: Iterable[Tool],
+                    listener: Any, prices: PriceTable | None, parent: "Convo | None", settings: dict,
+                    without_tools: bool = False) -> "Convo":
+        """A Convo from its state (:meth:`_state`) and history; ``without_tools`` loads it for accounting only."""
+        try:
+            if not isinstance(d, dict):
+                raise TypeError("expected a JSON object")
             fmt = d.get("format", 1)
             if not isinstance(fmt, int) or fmt > STATE_FORMAT:
                 raise ConfigurationError(f"conversation state format {fmt!r} is newer than this convo understands "
                                          f"({STATE_FORMAT}); upgrade convo")
             tools = tuple(tools)
             saved = sorted(t["name"] for t in d.get("tools", []))
-            if sorted(t.name for t in tools) != saved:
+            if not without_tools and sorted(t.name for t in tools) != saved:
                 raise ConfigurationError(f"the conversation used the tools {saved}; pass exactly those with tools= "
                                          f"(got {sorted(t.name for t in tools)})")
             kwargs: dict[str, Any] = dict(
                 system_prompt=d.get("system_prompt", ""),
-                tool_choice=ToolChoice.from_dict(d["tool_choice"]) if d.get("tool_choice") else None,
+                tool_choice=ToolChoice.from_dict(d["tool_choice"]) if d.get("tool_choice") and tools else None,
                 budget=Budget.from_dict(d.get("budget") or {}),
                 prompt_caching=d.get("prompt_caching", True),
                 tool_use_only=d.get("tool_use_only", False),
@@ -1122,29 +1684,100 @@ class Convo:
             if service is None and "model" not in settings:
                 kwargs["model"] = d.get("model")
             kwargs.update(settings)
-            messages = [Message.from_dict(m) for m in d.get("messages", [])]
             held = [ToolResult.from_dict(r) for r in d.get("held_results", [])]
-            usage = CumulativeUsage.from_dict(d["cumulative_usage"]) if d.get("cumulative_usage") else None
+            pending = [PendingTool.from_dict(p) for p in d.get("pending_tools", [])]
+            own = CumulativeUsage.from_dict(d["own_usage"]) if d.get("own_usage") else None
             last = Usage.from_dict(d.get("last_usage") or {})
             counted = tuple(d["counted_tokens"]) if d.get("counted_tokens") else None
             spent_before = Decimal((d.get("budget") or {}).get("spent_before", "0"))
         except ConvoError:
             raise
-        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
             raise ConfigurationError(f"not a convo state: {type(exc).__name__}: {exc}") from None
-        c = cls(service, tools=tools, listener=listener, prices=prices or PRICES, parent=parent, **kwargs)
+        c = cls(service, tools=() if without_tools else tools, listener=listener, prices=prices or PRICES,
+                parent=parent, **kwargs)
+        c._missing_tools = tuple(saved) if without_tools else ()
         c._messages = messages
         c._answers = {r.tool_use_id: r for r in held}
+        c._pending = {p.id: p for p in pending}
         c._notified = set(d.get("announced_results", []))
         c._paused = bool(d.get("paused", False))
         c._counted = counted
-        if usage is not None:
-            c._usage = usage
+        if own is not None:
+            c._own_usage = own
+            c._usage = own.copy()
         c._last_usage = last
         c._budget_start = spent_before
         c._closed = bool(d.get("closed", False))
         if parent is not None:
             parent._adopt(c)
+        return c
+
+    @classmethod
+    def resume(cls, id: str, *, store: Any, service: Service | None = None, tools: Iterable[Tool] = (),
+               listener: Any = None, prices: PriceTable | None = None, **settings: Any) -> "Convo":
+        """A stored conversation, as it was: history, cumulative usage, budget, system prompt and settings.
+
+        A sub-convo comes back with its parent (and the parent's ancestors),
+        loaded from the same store so usage and budgets roll up as before;
+        those ancestors are loaded without their tools, so to send on one,
+        resume it by its own id.
+
+        Args:
+            id: the conversation's id.
+            store: the store it was saved in.
+            service: the model provider (None: the one its saved model picks).
+            tools: the tools it used (exactly those names).
+            listener: a listener, as for a new Convo.
+            prices: a price table (default ``convo.PRICES``).
+            settings: any other Convo setting, replacing the saved one.
+
+        Raises:
+            ConversationNotFound: no stored conversation has that id.
+            ConversationUnreadable: its stored data does not decode.
+            ConfigurationError: the tools given are not the ones it used.
+        """
+        stored = store.load(id)
+        if service is None and "model" not in settings:
+            from .providers.detect import default_service
+
+            service = default_service(stored.state.get("model"))
+        parent = None
+        if stored.parent_id is not None:
+            parent = cls._load_ancestor(stored.parent_id, store, service, listener, prices)
+        if "hooks" not in settings and stored.state.get("hooks"):
+            settings["hooks"] = cls._restore_hooks(stored.state["hooks"], stored.state, id)
+        c = cls._from_state(stored.state, list(stored.messages), service, tools=tools, listener=listener,
+                            prices=prices, parent=parent, settings={"store": store, **settings})
+        c._version = stored.version
+        c._usage.merge(store.subtree_usage(id))
+        c._notify("on_state_loaded", stored.version)
+        return c
+
+    @staticmethod
+    def _restore_hooks(saved: dict, state: dict, id: str) -> list:
+        from .hooks import restorer_for
+
+        hooks = []
+        for key, hook_state in saved.items():
+            restore = restorer_for(key)
+            if restore is None:
+                raise ConfigurationError(f"conversation {id!r} was saved with a {key!r} hook that nothing here "
+                                         "can rebuild; pass hooks= to resume()")
+            hooks.append(restore(hook_state, state))
+        return hooks
+
+    @classmethod
+    def _load_ancestor(cls, id: str, store: Any, service: Service | None, listener: Any,
+                       prices: PriceTable | None) -> "Convo":
+        stored = store.load(id)
+        parent = None
+        if stored.parent_id is not None:
+            parent = cls._load_ancestor(stored.parent_id, store, service, listener, prices)
+        c = cls._from_state(stored.state, list(stored.messages), service, tools=(), listener=listener,
+                            prices=prices, parent=parent, settings={"store": store}, without_tools=True)
+        c._version = stored.version
+        c._usage.merge(store.subtree_usage(id))
         return c
 
     @classmethod
@@ -1158,3 +1791,9 @@ class Convo:
         if not isinstance(d, dict):
             raise ConfigurationError("not a convo state: expected a JSON object")
         return cls.from_dict(d, service, tools=tools, **kwargs)
+
+
+def resume(id: str, *, store: Any, service: Service | None = None, tools: Iterable[Tool] = (), listener: Any = None,
+           prices: PriceTable | None = None, **settings: Any) -> Convo:
+    """A stored conversation, as it was; see :meth:`Convo.resume`."""
+    return Convo.resume(id, store=store, service=service, tools=tools, listener=listener, prices=prices, **settings)

@@ -9,14 +9,33 @@ working::
     │   ├── ArgumentTypeError (TypeError)  an argument of the wrong type
     │   ├── MissingAPIKeyError
     │   ├── ProviderNotDetected
-    │   └── UnpricedModel             a budget cannot be kept on a model with no price
+    │   ├── UnpricedModel             a budget cannot be kept on a model with no price
+    │   ├── PackError                 convo.packs: a pack that breaks the PromptPack specification
+    │   │   └── PromptNotFound (LookupError)
+    │   ├── ToolNotInPack (LookupError)  a handler for a tool the pack does not declare
+    │   ├── VariableError             a pack variable that is missing or invalid
+    │   ├── UnsupportedContent        an attachment the provider cannot take
+    │   └── AttachmentTooLarge        an attachment over the size limit
     ├── BudgetExceeded (RuntimeError)
     ├── MaxTurnsExceeded (RuntimeError)
     ├── ConversationBusy (RuntimeError)   a send that would deadlock or break the history
     ├── ConversationClosed (RuntimeError)
+    ├── PendingAlreadyResolved (RuntimeError)  a held tool call was approved or rejected already
+    ├── ToolsPending (RuntimeError)   tool calls still wait for approval
+    ├── StoreError                    convo.stores: persistence
+    │   ├── ConversationNotFound (LookupError)
+    │   ├── ConcurrentUpdate (RuntimeError)   another writer saved the conversation first
+    │   ├── ConversationUnreadable (ValueError)  a corrupt row, or one a newer convo wrote
+    │   ├── IncompatibleStore (RuntimeError)  the store's layout is newer than this convo
+    │   └── StoreUnavailable (ConnectionError)  the database could not be reached
+    ├── PackNotFound (FileNotFoundError)
+    ├── ValidationFailed (ValueError)  a pack validator refused a message or a reply
     ├── UnknownToolUseError (LookupError)
     ├── ToolDefinitionError (TypeError)
     ├── ToolInputError (ValueError)   convo.tools: a tool's input could not become its arguments
+    ├── OutputValidationError (ValueError)  convo.structured: no reply fit the output type
+    ├── MCPServerError (ConnectionError)  convo.mcp: an MCP server would not start or answer
+    ├── RemoteItemError (RuntimeError)  convo.batch: an item failed on a worker with an error that does not pickle
     └── ProviderError
         ├── AuthenticationError          401
         ├── PermissionDeniedError        403
@@ -46,27 +65,43 @@ __all__ = [
     "APIConnectionError",
     "APITimeoutError",
     "ArgumentTypeError",
+    "AttachmentTooLarge",
     "AuthenticationError",
     "BudgetExceeded",
     "Cancelled",
+    "ConcurrentUpdate",
     "ConfigurationError",
     "ConversationBusy",
     "ConversationClosed",
+    "ConversationNotFound",
+    "ConversationUnreadable",
     "ConvoError",
+    "IncompatibleStore",
     "InvalidRequestError",
     "MaxTurnsExceeded",
     "MissingAPIKeyError",
     "NotFoundError",
     "OverloadedError",
+    "PackError",
+    "PackNotFound",
+    "PendingAlreadyResolved",
     "PermissionDeniedError",
+    "PromptNotFound",
     "ProviderError",
     "ProviderNotDetected",
     "RateLimitError",
     "ResponseFormatError",
     "ServerError",
+    "StoreError",
+    "StoreUnavailable",
     "ToolDefinitionError",
+    "ToolNotInPack",
+    "ToolsPending",
     "UnknownToolUseError",
     "UnpricedModel",
+    "UnsupportedContent",
+    "ValidationFailed",
+    "VariableError",
     "error_for_status",
 ]
 
@@ -176,6 +211,75 @@ class ConversationClosed(ConvoError, RuntimeError):
         super().__init__(f"convo {convo_id} is closed")
 
 
+class PendingAlreadyResolved(ConvoError, RuntimeError):
+    """This held tool call was approved or rejected already (perhaps by another process)."""
+
+    def __init__(self, tool_use_id: str) -> None:
+        self.tool_use_id = tool_use_id
+        super().__init__(f"tool call {tool_use_id!r} is no longer pending: it was approved or rejected already")
+
+
+class ToolsPending(ConvoError, RuntimeError):
+    """Tool calls still wait for approval: resolve or reject each before continuing the turn."""
+
+    def __init__(self, convo_id: str, tool_use_ids: list) -> None:
+        self.convo_id = convo_id
+        self.tool_use_ids = list(tool_use_ids)
+        super().__init__(f"convo {convo_id}: tool calls {self.tool_use_ids} still wait for approval; "
+                         "call resolve_tool() or reject_tool() for each first")
+
+
+class StoreError(ConvoError):
+    """A store could not do what was asked (see its subclasses)."""
+
+
+class ConversationNotFound(StoreError, LookupError):
+    """No stored conversation has this id (or it belongs to someone else)."""
+
+    def __init__(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
+        super().__init__(f"no stored conversation has id {conversation_id!r}")
+
+
+class ConcurrentUpdate(StoreError, RuntimeError):
+    """Another writer saved this conversation since it was read: this write was refused, nothing was lost.
+
+    Two processes resumed the same conversation and both sent: the second
+    write is of a stale version. Resume again to continue from what was saved.
+    """
+
+    def __init__(self, conversation_id: str, expected_version: int, found_version: int | None) -> None:
+        self.conversation_id = conversation_id
+        self.expected_version = expected_version
+        self.found_version = found_version
+        if expected_version == 0:
+            text = (f"conversation {conversation_id!r} already exists in the store; "
+                    "use convo.resume() to continue it")
+        elif found_version is None:
+            text = f"conversation {conversation_id!r} is no longer in the store"
+        else:
+            text = (f"conversation {conversation_id!r} was saved by another writer (version {found_version}, "
+                    f"this one had version {expected_version}); resume it again to continue")
+        super().__init__(text)
+
+
+class ConversationUnreadable(StoreError, ValueError):
+    """A stored conversation cannot be read: a corrupt row, or one written by a newer convo."""
+
+    def __init__(self, conversation_id: str, reason: str) -> None:
+        self.conversation_id = conversation_id
+        self.reason = reason
+        super().__init__(f"stored conversation {conversation_id!r} cannot be read: {reason}")
+
+
+class IncompatibleStore(StoreError, RuntimeError):
+    """The store was laid out by a newer convo; this one cannot use it safely."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """The store's database could not be reached (down, restarting, refusing connections)."""
+
+
 class UnknownToolUseError(ConvoError, LookupError):
     """``cancel_tool_use()`` was given an id that names no running tool call."""
 
@@ -186,6 +290,115 @@ class UnknownToolUseError(ConvoError, LookupError):
 
 class ToolDefinitionError(ConvoError, TypeError):
     """A function cannot be turned into a tool (an untyped or unsupported parameter)."""
+
+
+# --- packs and attachments (convo.packs) ---------------------------------------------
+
+class PackError(ConfigurationError):
+    """A pack breaks the PromptPack specification, or cannot work as convo runs it.
+
+    Attributes:
+        path: the pack's file (or ``"<pack>"`` for one given as data).
+        problems: every problem found, as ``(field path, reason)`` pairs,
+            e.g. ``("prompts.chat.variables[0].name", "is required")``.
+    """
+
+    def __init__(self, path: str, problems: list = ()) -> None:
+        self.path = str(path)
+        self.problems = [(str(where), str(reason)) for where, reason in problems]
+        lines = [f"{where}: {reason}" if where else reason for where, reason in self.problems]
+        count = len(lines)
+        head = f"pack {self.path}: " + ("1 problem" if count == 1 else f"{count} problems")
+        super().__init__(head + ":\n  " + "\n  ".join(lines) if lines else head)
+
+
+class PromptNotFound(PackError, LookupError):
+    """The pack has no prompt of that id."""
+
+    def __init__(self, path: str, prompt: str = "", available: list = ()) -> None:
+        self.prompt = prompt
+        self.available = list(available)
+        super().__init__(path, [("prompts", f"no prompt {prompt!r}; the pack has {self.available}")])
+
+
+class PackNotFound(ConvoError, FileNotFoundError):
+    """No pack file at that path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        super().__init__(f"no pack file at {self.path}")
+
+
+class ToolNotInPack(ConfigurationError, LookupError):
+    """A handler was given for a tool the pack does not declare."""
+
+    def __init__(self, tool_name: str, declared: list = ()) -> None:
+        self.tool_name = tool_name
+        self.declared = list(declared)
+        super().__init__(f"the pack declares no tool {tool_name!r}; it declares {self.declared}")
+
+
+class VariableError(ConfigurationError):
+    """A pack variable is missing or does not pass its declaration (type, pattern, length, range, enum).
+
+    Attributes:
+        problems: ``(variable name, reason)`` pairs.
+    """
+
+    def __init__(self, problems: list | str) -> None:
+        if isinstance(problems, str):  # a message of its own, naming no variable
+            self.problems = [("", problems)]
+            super().__init__(problems)
+            return
+        self.problems = [(str(name), str(reason)) for name, reason in problems]
+        super().__init__("; ".join(f"variable {name!r}: {reason}" for name, reason in self.problems))
+
+
+class UnsupportedContent(ConfigurationError):
+    """An attachment the provider cannot take (a media type or a kind of block); nothing was sent."""
+
+    def __init__(self, provider: str, what: str = "", hint: str = "") -> None:
+        self.provider = provider
+        self.what = what
+        text = f"{provider} cannot take {what}" if what else provider
+        super().__init__(text + (f"; {hint}" if hint else ""))
+
+
+class AttachmentTooLarge(ConfigurationError):
+    """An attachment is larger than the limit (the caller's, or the provider's); nothing was sent."""
+
+    def __init__(self, what: str, size: int = 0, limit: int = 0) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{what} is {size} bytes, over the limit of {limit} bytes" if limit else what)
+
+
+class ValidationFailed(ConvoError, ValueError):
+    """A pack validator refused a user message (nothing was sent) or a reply (it did not join the history).
+
+    Attributes:
+        validator_type: the validator's type, e.g. ``"banned_words"``.
+        direction: ``"input"`` (the user's message) or ``"output"`` (the reply).
+        details: what the validator found (e.g. ``{"found": ["password"]}``).
+        message: the pack's message for the user, if it gives one.
+        results: every :class:`convo.ValidationResult` of this check.
+    """
+
+    def __init__(self, validator_type: str, direction: str = "output", details: dict | None = None,
+                 message: str = "", results: tuple = ()) -> None:
+        self.validator_type = validator_type
+        self.direction = direction
+        self.details = dict(details or {})
+        self.message = message
+        self.results = tuple(results)
+        what = "the message" if direction == "input" else "the reply"
+        text = f"{what} failed the pack's {validator_type!r} validator"
+        if message:
+            text += f": {message}"
+        if self.details:
+            text += f" ({self.details})"
+        super().__init__(text)
 
 
 class Cancelled(Exception):

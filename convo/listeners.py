@@ -12,13 +12,35 @@ root conversation hears every sub-conversation at every depth too (use
                                         request that failed or was abandoned part-way;
                                         counted in the usage, with no response
     on_tool_call(convo, tool_use)       before a tool runs
+    on_tool_pending(convo, pending_tool) a hook held a tool call for approval
+    on_tool_resolved(convo, pending_tool, approved)
+                                        a held call was approved (it then runs) or rejected
+    on_state_saved(convo, version)      a store saved the conversation (a turn, a change)
+    on_state_loaded(convo, version)     the conversation was resumed from a store
+    on_validation(convo, result)        a pack validator judged a message or a reply
+                                        (a :class:`~convo.ValidationResult`; ``result.passed``)
+    on_context_trimmed(convo, trimmed)  a pack's token budget dropped or summarised old
+                                        history from a request (:class:`convo.packs.ContextTrimmed`)
     on_tool_result(convo, tool_use, result, error)
                                         after it ran; ``error`` is the exception
                                         it raised, if any (``result`` then
                                         carries the error text the model sees)
 
+PromptKit's events, for packs (:func:`convo.open`), are these: provider call
+started / completed / failed = ``on_request`` / ``on_response`` /
+``on_error``; tool call started / completed / failed = ``on_tool_call`` /
+``on_tool_result`` (with ``error``, or ``result.is_error``); validation
+passed / failed = ``on_validation``; context truncated / compacted =
+``on_context_trimmed`` (``trimmed.strategy`` is ``"sliding"`` /
+``"summarize"``); approval pending / resolved = ``on_tool_pending`` /
+``on_tool_resolved``; state loaded / saved = ``on_state_loaded`` /
+``on_state_saved``.
+
 Missing methods are skipped. A listener that raises never breaks the
-conversation: the exception is logged (``listener_failed``) and ignored.
+conversation: the exception is logged (``listener_failed``) and ignored,
+unless the listener has ``strict = True``: then the exception propagates,
+and a request whose ``on_request`` failed is not sent (a tool whose
+``on_tool_call`` failed does not run).
 Listeners are called from whichever thread the event happens on (tool
 events from tool worker threads), so they must be thread-safe, and convo
 holds no lock while calling them.
@@ -33,7 +55,9 @@ __all__ = ["Listener", "MultiListener", "NoopListener", "combine_listeners"]
 
 from ._log import log
 
-EVENTS = ("on_request", "on_response", "on_error", "on_usage", "on_tool_call", "on_tool_result")
+EVENTS = ("on_request", "on_response", "on_error", "on_usage", "on_tool_call", "on_tool_pending",
+          "on_tool_resolved", "on_tool_result", "on_state_saved", "on_state_loaded", "on_validation",
+          "on_context_trimmed")
 
 
 @runtime_checkable
@@ -70,6 +94,24 @@ class NoopListener:
     def on_tool_call(self, convo, tool_use) -> None:
         pass
 
+    def on_tool_pending(self, convo, pending_tool) -> None:
+        pass
+
+    def on_state_saved(self, convo, version) -> None:
+        pass
+
+    def on_state_loaded(self, convo, version) -> None:
+        pass
+
+    def on_tool_resolved(self, convo, pending_tool, approved) -> None:
+        pass
+
+    def on_validation(self, convo, result) -> None:
+        pass
+
+    def on_context_trimmed(self, convo, trimmed) -> None:
+        pass
+
     def on_tool_result(self, convo, tool_use, result, error) -> None:
         pass
 
@@ -91,6 +133,8 @@ class MultiListener:
             else:
                 flat.append(listener)
         self.listeners = tuple(flat)
+        # Strict when any is: a strict listener's failure must not be swallowed on its way out.
+        self.strict = any(getattr(x, "strict", False) is True for x in flat)
 
     def __repr__(self) -> str:
         return f"MultiListener({', '.join(type(x).__name__ for x in self.listeners)})"
@@ -114,6 +158,24 @@ class MultiListener:
     def on_tool_call(self, convo, tool_use) -> None:
         self._dispatch("on_tool_call", convo, tool_use)
 
+    def on_tool_pending(self, convo, pending_tool) -> None:
+        self._dispatch("on_tool_pending", convo, pending_tool)
+
+    def on_state_saved(self, convo, version) -> None:
+        self._dispatch("on_state_saved", convo, version)
+
+    def on_state_loaded(self, convo, version) -> None:
+        self._dispatch("on_state_loaded", convo, version)
+
+    def on_tool_resolved(self, convo, pending_tool, approved) -> None:
+        self._dispatch("on_tool_resolved", convo, pending_tool, approved)
+
+    def on_validation(self, convo, result) -> None:
+        self._dispatch("on_validation", convo, result)
+
+    def on_context_trimmed(self, convo, trimmed) -> None:
+        self._dispatch("on_context_trimmed", convo, trimmed)
+
     def on_tool_result(self, convo, tool_use, result, error) -> None:
         self._dispatch("on_tool_result", convo, tool_use, result, error)
 
@@ -129,7 +191,12 @@ def combine_listeners(*listeners: Any) -> Any:
 
 
 def notify(listener: Any, event: str, *args) -> None:
-    """Call ``listener.<event>(*args)`` if it exists; log and swallow what it raises."""
+    """Call ``listener.<event>(*args)`` if it exists; log and swallow what it raises.
+
+    A listener with ``strict = True`` (an audit log that must not miss an
+    event) is the exception: what it raises propagates, and the send, tool
+    call or turn that caused the event fails before going further.
+    """
     if listener is None:
         return
     method = getattr(listener, event, None)
@@ -138,6 +205,8 @@ def notify(listener: Any, event: str, *args) -> None:
     try:
         method(*args)
     except Exception as exc:
+        if getattr(listener, "strict", False) is True:
+            raise
         convo = args[0] if args else None
         log.warning("listener_failed", listener=type(listener).__name__, listener_event=event,
                     convo_id=getattr(convo, "id", None), error=f"{type(exc).__name__}: {exc}",

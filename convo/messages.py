@@ -85,6 +85,14 @@ class Role(_StrEnum):
     ASSISTANT = "assistant"
 
 
+_ROLES = {"user": Role.USER, "assistant": Role.ASSISTANT}
+
+
+def _to_role(value: Any) -> Role:
+    # Role(value) walks the enum machinery; history decoding does this for every message.
+    return value if type(value) is Role else _ROLES.get(value) or Role(value)
+
+
 class StopReason(_OpenStrEnum):
     """Why the model stopped. Unknown values from a provider are kept as-is."""
 
@@ -170,11 +178,30 @@ class Image:
     cache: bool = False
 
     @classmethod
-    def from_bytes(cls, raw: bytes, media_type: str) -> "Image":
-        """An image from raw bytes, base64-encoded for the wire."""
-        import base64
+    def from_bytes(cls, raw: bytes, media_type: str | None = None, *, max_bytes: int | None = None) -> "Image":
+        """An image from raw bytes, base64-encoded for the wire; its media type is detected unless given.
 
-        return cls(media_type=media_type, data=base64.b64encode(raw).decode("ascii"))
+        Raises:
+            AttachmentTooLarge: over ``max_bytes`` (default 20 MiB).
+            ConfigurationError: the bytes are not an image.
+        """
+        from .packs.attachments import image_from_bytes
+
+        return image_from_bytes(raw, media_type, max_bytes=max_bytes)
+
+    @classmethod
+    def from_file(cls, path: Any, media_type: str | None = None, *, max_bytes: int | None = None) -> "Image":
+        """An image from a file: its size checked before reading, its media type detected (see :func:`convo.attach`)."""
+        from .packs.attachments import image_from_file
+
+        return image_from_file(path, media_type, max_bytes=max_bytes)
+
+    @classmethod
+    def from_url(cls, url: str, media_type: str | None = None) -> "Image":
+        """An image the provider fetches from an http(s) URL (or a ``data:`` URL); nothing is downloaded here."""
+        from .packs.attachments import image_from_url
+
+        return image_from_url(url, media_type)
 
     def to_dict(self) -> dict:
         d = {"type": self.type, "media_type": self.media_type, "data": self.data, "url": self.url}
@@ -201,6 +228,30 @@ class Document:
     url: str | None = field(default=None, validator=_check_source)
     title: str | None = None
     cache: bool = False
+
+    @classmethod
+    def from_file(cls, path: Any, media_type: str | None = None, *, title: str | None = None,
+                  max_bytes: int | None = None) -> "Document":
+        """A document from a file (a PDF, or text such as .txt, .md, .csv, .json), its type detected.
+
+        Text files become ``Document(text=...)``; PDFs and other binary
+        files are base64-encoded. The title is the file's name unless given.
+
+        Raises:
+            AttachmentTooLarge: over ``max_bytes`` (default 32 MiB), checked before reading.
+            ConfigurationError: the type cannot be told (pass ``media_type=``).
+        """
+        from .packs.attachments import document_from_file
+
+        return document_from_file(path, media_type, title=title, max_bytes=max_bytes)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, media_type: str | None = None, *, title: str | None = None,
+                   max_bytes: int | None = None) -> "Document":
+        """A document from raw bytes; see :meth:`from_file`."""
+        from .packs.attachments import document_from_bytes
+
+        return document_from_bytes(raw, media_type, title=title, max_bytes=max_bytes)
 
     def to_dict(self) -> dict:
         d = {"type": self.type, "media_type": self.media_type, "data": self.data,
@@ -431,7 +482,7 @@ def _check_blocks(instance, attribute, value):
 class Message:
     """One turn of the conversation: a role and its content blocks."""
 
-    role: Role = field(converter=Role)
+    role: Role = field(converter=_to_role)
     content: tuple = field(default=(), converter=_to_blocks, validator=_check_blocks)
 
     @classmethod
@@ -466,8 +517,9 @@ class Message:
     def from_dict(cls, d: dict) -> "Message":
         content = d.get("content") or ()
         if not isinstance(content, str):
-            content = tuple(block_from_dict(b) for b in content)
-        return cls(role=d["role"], content=content)
+            content = tuple([block_from_dict(b) for b in content])
+        role = d["role"]
+        return cls(role=_ROLES.get(role, role), content=content)
 
 
 # --- requests ---------------------------------------------------------------
@@ -559,6 +611,13 @@ class Request:
 
     ``max_tokens`` None lets the service use its own default. ``extra`` holds
     provider-specific fields passed through to the wire body unchanged.
+    ``output_schema``, when set, is the JSON Schema (an object) the reply
+    must be: each provider asks for it its own way (see
+    :mod:`convo.structured`), and the reply carries it as JSON text.
+    ``top_p``, ``top_k``, ``frequency_penalty`` and ``presence_penalty``
+    (None: the provider's default) are sent by the providers that take them
+    and left out, with a debug log, by those that do not (Anthropic takes no
+    penalties; OpenAI's Chat Completions no ``top_k``).
     """
 
     messages: tuple = field(converter=tuple)
@@ -570,6 +629,13 @@ class Request:
     stop_sequences: tuple = field(default=(), converter=tuple)
     thinking: ThinkingConfig | None = None
     extra: dict = field(factory=dict)
+    output_schema: dict | None = None
+    # Sampling parameters beyond temperature (a pack's ``parameters``); a
+    # provider that cannot take one leaves it out and logs it at debug level.
+    top_p: float | None = field(default=None, kw_only=True)
+    top_k: int | None = field(default=None, kw_only=True)
+    frequency_penalty: float | None = field(default=None, kw_only=True)
+    presence_penalty: float | None = field(default=None, kw_only=True)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {
@@ -579,7 +645,7 @@ class Request:
         }
         if self.tool_choice is not None:
             d["tool_choice"] = self.tool_choice.to_dict()
-        for name in ("max_tokens", "temperature"):
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
         if self.stop_sequences:
@@ -588,6 +654,8 @@ class Request:
             d["thinking"] = self.thinking.to_dict()
         if self.extra:
             d["extra"] = self.extra
+        if self.output_schema is not None:
+            d["output_schema"] = self.output_schema
         return d
 
     @classmethod
@@ -602,6 +670,11 @@ class Request:
             stop_sequences=d.get("stop_sequences", ()),
             thinking=ThinkingConfig.from_dict(d["thinking"]) if d.get("thinking") else None,
             extra=d.get("extra") or {},
+            output_schema=d.get("output_schema"),
+            top_p=d.get("top_p"),
+            top_k=d.get("top_k"),
+            frequency_penalty=d.get("frequency_penalty"),
+            presence_penalty=d.get("presence_penalty"),
         )
 
 
@@ -623,6 +696,8 @@ class Response:
     usage: Usage = field(factory=Usage)
     start_time: datetime | None = None
     end_time: datetime | None = None
+    validations: tuple = field(default=(), converter=tuple)
+    pending_tools: tuple = field(default=(), converter=tuple)
 
     def text(self) -> str:
         """The reply's text blocks joined together."""
@@ -631,6 +706,38 @@ class Response:
     def tool_uses(self) -> list[ToolUse]:
         """The reply's tool calls, in the order the model made them."""
         return [b for b in self.content if isinstance(b, ToolUse)]
+
+    @property
+    def cost(self):
+        """What the reply cost in dollars (a ``Decimal``), or None while unpriced."""
+        return self.usage.cost_usd
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from sending the request to the end of the reply, when the service timed it."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return (self.end_time - self.start_time).total_seconds()
+
+    @property
+    def tokens_used(self) -> int:
+        """Input tokens of every kind plus output tokens."""
+        return self.usage.total_input_tokens() + self.usage.output_tokens
+
+    def __repr__(self) -> str:
+        text = self.text()
+        text = text if len(text) <= 40 else text[:39] + "…"
+        calls = len(self.tool_uses())
+        cost = "unpriced" if self.usage.cost_usd is None else f"${self.usage.cost_usd}"
+        return (f"<Response id={self.id} model={self.model} stop={self.stop_reason} text={text!r}"
+                f"{f' tool_uses={calls}' if calls else ''} tokens={self.usage.total_input_tokens()}/"
+                f"{self.usage.output_tokens} cost={cost}>")
+
+    def _repr_html_(self) -> str:
+        """The reply as HTML, for notebooks (see :mod:`convo.notebook`)."""
+        from .notebook import response_html
+
+        return response_html(self)
 
     def to_message(self) -> Message:
         """The reply as an assistant message for the history."""
@@ -646,10 +753,14 @@ class Response:
             "usage": self.usage.to_dict(),
             "start_time": _time_to_json(self.start_time),
             "end_time": _time_to_json(self.end_time),
+            **({"validations": [v.to_dict() for v in self.validations]} if self.validations else {}),
+            **({"pending_tools": [p.to_dict() for p in self.pending_tools]} if self.pending_tools else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Response":
+        from .hooks import PendingTool, ValidationResult
+
         return cls(
             id=d["id"],
             model=d["model"],
@@ -659,6 +770,8 @@ class Response:
             usage=Usage.from_dict(d.get("usage") or {}),
             start_time=_time_from_json(d.get("start_time")),
             end_time=_time_from_json(d.get("end_time")),
+            validations=[ValidationResult.from_dict(v) for v in d.get("validations", ())],
+            pending_tools=[PendingTool.from_dict(p) for p in d.get("pending_tools", ())],
         )
 
 

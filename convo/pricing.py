@@ -26,7 +26,7 @@ from attrs import field, frozen
 
 from .usage import Usage, _to_decimal
 
-__all__ = ["FREE", "PRICES", "Price", "PriceTable", "lookup_model"]
+__all__ = ["FREE", "PRICES", "Price", "PriceTable", "lookup_model", "price_for"]
 
 _T = TypeVar("_T")
 
@@ -180,6 +180,20 @@ class PriceTable:
 
     def __repr__(self) -> str:
         return f"PriceTable({len(self._prices)} models)"
+
+
+def price_for(model: str | None, service: object = None, prices: "PriceTable | None" = None) -> Price | None:
+    """The price of ``model``: from the price table, else the service's own (``service.price()``), else None.
+
+    The one rule a Convo prices by (a local model's service says it is free;
+    a table entry the user set wins over it).
+    """
+    price = (prices or PRICES).lookup(model) if model else None
+    if price is None:
+        own = getattr(service, "price", None)
+        if callable(own):
+            price = own()
+    return price
 
 
 PRICES = PriceTable()

@@ -65,6 +65,9 @@ class Stream:
         self._finished = False
         self._busy = False
         self._lock = threading.Lock()
+        self._checks = convo._hook_methods("check_stream")
+        self._text: list[str] = []
+        self._joined: str | None = None
 
     # --- the iterator --------------------------------------------------------
 
@@ -108,6 +111,15 @@ class Stream:
                 self._response = response
                 self._end(None)
                 return StreamDone(response)
+            if self._checks:
+                if isinstance(event, TextDelta):
+                    self._text.append(event.text)
+                    self._joined = None
+                if self._joined is None:  # joined again only when the text grew
+                    self._joined = "".join(self._text)
+                text = self._joined
+                for check in self._checks:
+                    check(self._convo, event, text)  # raising stops the stream here
             return event
 
     # --- ending --------------------------------------------------------------

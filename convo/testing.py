@@ -207,5 +207,23 @@ class RecordingListener:
     def on_tool_call(self, convo, tool_use) -> None:
         self._add("tool_call", convo, tool_use)
 
+    def on_tool_pending(self, convo, pending_tool) -> None:
+        self._add("tool_pending", convo, pending_tool)
+
+    def on_state_saved(self, convo, version) -> None:
+        self._add("state_saved", convo, version)
+
+    def on_state_loaded(self, convo, version) -> None:
+        self._add("state_loaded", convo, version)
+
+    def on_tool_resolved(self, convo, pending_tool, approved) -> None:
+        self._add("tool_resolved", convo, pending_tool, approved)
+
+    def on_validation(self, convo, result) -> None:
+        self._add("validation", convo, result)
+
+    def on_context_trimmed(self, convo, trimmed) -> None:
+        self._add("context_trimmed", convo, trimmed)
+
     def on_tool_result(self, convo, tool_use, result, error) -> None:
         self._add("tool_result", convo, tool_use, result, error)

@@ -124,12 +124,30 @@ def _check_schema(instance, attribute, value):
         raise ToolDefinitionError(
             f"tool {instance.name!r}: input_schema must be a JSON Schema object with \"type\": \"object\""
         )
+    try:
+        text = json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ToolDefinitionError(f"tool {instance.name!r}: input_schema is not JSON: {exc}") from None
+    problem = _schema_problem(text)
+    if problem is not None:
+        raise ToolDefinitionError(f"tool {instance.name!r}: invalid input_schema: {problem}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_problem(schema_json: str) -> str | None:
+    """What is wrong with a JSON Schema (None if nothing), remembered per schema.
+
+    Checking a schema against the metaschema costs most of a millisecond;
+    the same tool definitions are built again and again (per server request,
+    per sub-agent), and the answer never changes.
+    """
     import jsonschema  # deferred: a fifth of convo's import time, needed only once tools exist
 
     try:
-        jsonschema.Draft202012Validator.check_schema(value)
+        jsonschema.Draft202012Validator.check_schema(json.loads(schema_json))
     except jsonschema.SchemaError as exc:
-        raise ToolDefinitionError(f"tool {instance.name!r}: invalid input_schema: {exc.message}") from None
+        return exc.message
+    return None
 
 
 def _check_run(instance, attribute, value):

@@ -19,7 +19,7 @@ from . import _time
 from .errors import ConfigurationError
 from ._time import now
 
-__all__ = ["CumulativeUsage", "Usage"]
+__all__ = ["CumulativeUsage", "Usage", "UsageNode"]
 
 
 def _to_decimal(value) -> Decimal | None:
@@ -132,6 +132,36 @@ class CumulativeUsage:
         else:
             self.total_cost_usd += usage.cost_usd
 
+    def merge(self, other: "CumulativeUsage") -> None:
+        """Add ``other``'s totals into these (not thread-safe: hold the lock that guards this value).
+
+        Counting starts at the earlier of the two start times.
+        """
+        self.responses += other.responses
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens
+        self.cache_read_input_tokens += other.cache_read_input_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.total_cost_usd += other.total_cost_usd
+        self.unpriced_responses += other.unpriced_responses
+        for name, n in other.tool_uses.items():
+            self.tool_uses[name] = self.tool_uses.get(name, 0) + n
+        if other.start_time < self.start_time:
+            self.start_time = other.start_time
+
+    def __repr__(self) -> str:
+        tools = f" tool_uses={self.total_tool_uses()}" if self.tool_uses else ""
+        unpriced = f" unpriced={self.unpriced_responses}" if self.unpriced_responses else ""
+        return (f"<CumulativeUsage responses={self.responses} tokens={self.total_input_tokens()}/"
+                f"{self.output_tokens} cost=${self.total_cost_usd}{unpriced}{tools}>")
+
+    def _repr_html_(self) -> str:
+        """The totals as an HTML table, for notebooks (see :mod:`convo.notebook`)."""
+        from .notebook import usage_html
+
+        return usage_html(self)
+
     def count_tool(self, name: str) -> None:
         self.tool_uses[name] = self.tool_uses.get(name, 0) + 1
 
@@ -167,3 +197,25 @@ class CumulativeUsage:
         d = dict(d)
         d["start_time"] = datetime.fromisoformat(d["start_time"])
         return cls(**d)
+
+
+@frozen
+class UsageNode:
+    """One conversation of a sub-convo tree with what it spent: its own replies, and with everything below.
+
+    ``live`` is False for a sub-convo no longer in memory (its numbers were
+    kept when it was dropped). See :meth:`convo.Convo.usage_tree`.
+    """
+
+    id: str
+    depth: int
+    own: CumulativeUsage
+    total: CumulativeUsage
+    children: tuple = ()
+    live: bool = True
+
+    def walk(self):
+        """This node and every node below it, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()

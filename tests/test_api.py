@@ -15,6 +15,16 @@ PUBLIC = [
     "ToolSpec", "ToolUse", "UnknownToolUseError", "Usage", "combine_listeners", "tool", "tool_call_info",
     "ArgumentTypeError", "ConversationBusy", "ConversationClosed", "FREE", "Stream", "UnpricedModel",
     "UsageUpdate", "ToolInputError",
+    "ConcurrentUpdate", "ConversationInfo", "ConversationNotFound", "ConversationUnreadable", "IncompatibleStore",
+    "MemoryStore", "PostgresStore", "RedisStore", "SQLiteStore", "Store", "StoreError", "StoreUnavailable",
+    "StoredConversation", "open_store", "resume",
+    "Hook", "Pending", "PendingTool", "ValidationResult", "PendingAlreadyResolved", "ToolsPending",
+    "MCPServerError", "UsageNode",
+    "batch", "BatchResult", "BatchStore", "ItemOutcome", "ItemStatus", "RemoteItemError", "Output",
+    "OutputValidationError",
+    "MCPServer",
+    "open", "load_pack", "Pack", "attach", "PackError", "PackNotFound", "PromptNotFound", "ToolNotInPack",
+    "VariableError", "ValidationFailed", "UnsupportedContent", "AttachmentTooLarge",
 ]
 
 

@@ -669,6 +669,11 @@ class TestMisuseErrors:
             convo.ConversationClosed: convo.ConversationClosed("c1"),
             convo.UnpricedModel: convo.UnpricedModel("m", "c1"),
             convo.RateLimitError: convo.RateLimitError("slow down", status_code=429, request_id="r1"),
+            convo.ConcurrentUpdate: convo.ConcurrentUpdate("c1", 3, 4),
+            convo.ConversationNotFound: convo.ConversationNotFound("c1"),
+            convo.ConversationUnreadable: convo.ConversationUnreadable("c1", "bad JSON"),
+            convo.errors.PendingAlreadyResolved: convo.errors.PendingAlreadyResolved("t1"),
+            convo.errors.ToolsPending: convo.errors.ToolsPending("c1", ["t1"]),
         }
         for name in dir(convo.errors):
             cls = getattr(convo.errors, name)
@@ -760,3 +765,100 @@ def test_py_typed_is_shipped():
     import importlib.resources
 
     assert importlib.resources.files("convo").joinpath("py.typed").is_file()
+
+
+class TestStrictListeners:
+    def test_a_strict_listener_that_fails_stops_the_send_before_anything_is_sent(self):
+        class Audit:
+            strict = True
+
+            def on_request(self, c, request):
+                raise OSError("disk full")
+
+        service = ScriptedService([reply("never")], model=PRICED)
+        c = Convo(service, listener=Audit(), budget=Budget(1), prices=PRICES)
+        with pytest.raises(OSError):
+            c.send("hi")
+        assert service.requests == [] and c.messages == []
+        assert c._reserved == 0, "the reservation was released"
+
+    def test_a_strict_listener_stops_a_tool_before_it_runs(self):
+        ran = []
+
+        @tool
+        def act() -> str:
+            """Do something."""
+            ran.append(1)
+            return "done"
+
+        class Audit:
+            strict = True
+
+            def on_tool_call(self, c, tool_use):
+                raise OSError("disk full")
+
+        c = Convo(ScriptedService([calls(("t1", "act", {}))]), tools=[act], listener=Audit())
+        with pytest.raises(OSError):
+            c.run("go")
+        assert ran == []
+
+    def test_a_strict_listener_refusing_a_result_stops_the_turn(self):
+        class Audit:
+            strict = True
+
+            def on_tool_result(self, c, tool_use, result, error):
+                raise OSError("disk full")
+
+        service = ScriptedService([calls(("t1", "add", {"a": 1, "b": 2})), reply("3")])
+        c = Convo(service, tools=[add], listener=Audit())
+        with pytest.raises(OSError):
+            c.run("go")
+        assert len(service.requests) == 1, "the result that could not be audited was not sent"
+
+    def test_a_strict_listener_inside_a_multi_listener_stays_strict(self):
+        class Audit:
+            strict = True
+
+            def on_request(self, c, request):
+                raise OSError("disk full")
+
+        service = ScriptedService([reply("never")])
+        c = Convo(service, listener=convo.combine_listeners(RecordingListener(), Audit()))
+        with pytest.raises(OSError):
+            c.send("hi")
+        assert service.requests == []
+
+    def test_every_result_is_announced_before_run_returns(self):
+        seen = []
+
+        class Slow:
+            def on_tool_result(self, c, tool_use, result, error):
+                time.sleep(0.05)
+                seen.append(tool_use.id)
+
+        service = ScriptedService([calls(*[(f"t{i}", "add", {"a": i, "b": 0}) for i in range(4)]), reply("done")])
+        Convo(service, tools=[add], listener=Slow()).run("go")
+        assert sorted(seen) == ["t0", "t1", "t2", "t3"]
+
+
+class TestUsageTree:
+    def test_the_tree_keeps_dropped_sub_convos(self):
+        service = ScriptedService(default=reply("ok", model=PRICED, usage=Usage(input_tokens=1000)), model=PRICED)
+        root = Convo(service, prices=PRICES)
+        root.send("a")
+        kept = root.sub_convo(id="kept")
+        kept.send("b")
+        dropped = root.sub_convo(id="dropped")
+        deep = dropped.sub_convo(id="deep")
+        deep.send("c")
+        dropped.send("d")
+        del dropped, deep
+        gc.collect()
+        tree = root.usage_tree()
+        by_id = {n.id: n for n in tree.walk()}
+        assert set(by_id) == {root.id, "kept", "dropped", "deep"}
+        assert by_id["dropped"].live is False and by_id["dropped"].own.total_cost_usd == Decimal("0.001")
+        assert by_id["dropped"].total.total_cost_usd == Decimal("0.002")
+        assert tree.total.total_cost_usd == root.cumulative_usage().total_cost_usd == Decimal("0.004")
+        assert tree.own.total_cost_usd == root.own_usage().total_cost_usd == Decimal("0.001")
+        assert [c.id for c in root.sub_convos()] == ["kept"]
