@@ -619,7 +619,7 @@ def memory_child(case: str) -> None:
     texts = _history_texts(n)  # the same strings in every case: count the structure, not the prose
     # Every 4 messages: a question, a reply calling a tool, the tool's result, a final answer.
     if case == "convo history":
-        from convo.messages import Message, Text, ToolResult, ToolUse
+        from convo.messages import Message, ToolResult, ToolUse
 
         service = convo_service("http://127.0.0.1:9")
         convo = new_convo(service)
