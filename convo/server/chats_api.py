@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections import deque
 from typing import Any, Callable
 
@@ -88,6 +87,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .._log import log
 from ..errors import ArgumentTypeError, StoreError
+from ._loop import LoopBatch
 from .auth import AuthError, owner_uuid, request_token
 from .chat_runs import ChatRunner, Chats, ChatSettings, env_keys, seed_models
 from .chat_store import (
@@ -611,9 +611,7 @@ class _Fanout:
     def __init__(self, loop: asyncio.AbstractEventLoop, settings: ChatSettings) -> None:
         self.loop = loop
         self.settings = settings
-        self._lock = threading.Lock()
-        self._pending: list = []
-        self._scheduled = False
+        self._batch = LoopBatch(loop, self._dispatch)
         self.watchers: dict[str, set] = {}  # chat id -> watchers (changed on the loop only)
         self.owners: dict[str, set] = {}
 
@@ -632,22 +630,11 @@ class _Fanout:
             self._post(("deleted", chat_id, None))
 
     def _post(self, item: tuple) -> None:
-        with self._lock:
-            self._pending.append(item)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._flush)
-        except RuntimeError:  # the loop is closed: the server is stopping
-            pass
+        self._batch.post(item)
 
     # -- the loop --
 
-    def _flush(self) -> None:
-        with self._lock:
-            items, self._pending = self._pending, []
-            self._scheduled = False
+    def _dispatch(self, items: list) -> None:
         for kind, key, value in items:
             if kind == "chat":
                 for w in tuple(self.watchers.get(key, ())):

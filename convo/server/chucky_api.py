@@ -54,6 +54,7 @@ from .chucky import (
     pong_frame,
     ready_frame,
 )
+from ._loop import LoopBatch
 from .context import ServerContext
 from .sessions import Session
 
@@ -77,9 +78,9 @@ class _Connection:
         self.closing = False
         self.close_code = NORMAL
         self.session: Session | None = None
-        self._lock = threading.Lock()
-        self._pending: list[str] = []
-        self._wake_scheduled = False
+        # Frames from worker threads come in bursts (a reply then the result; stream events):
+        # one wake-up of the loop per burst, not per frame.
+        self._from_threads = LoopBatch(self.loop, self._enqueue_all)
 
     # --- outgoing (send() may be called from any thread) -------------------------------------
 
@@ -90,24 +91,11 @@ class _Connection:
             text = fit_frame(error_frame(ErrorCode.UNKNOWN_ERROR, exc.message))
         if threading.get_ident() == self.loop_thread:
             self._enqueue(text)
-            return
-        # Frames from worker threads come in bursts (a reply then the result; stream events):
-        # one wake-up of the loop per burst, not per frame.
-        with self._lock:
-            self._pending.append(text)
-            if self._wake_scheduled:
-                return
-            self._wake_scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._flush)
-        except RuntimeError:  # the loop is closed: the server is stopping
-            pass
+        else:
+            self._from_threads.post(text)
 
-    def _flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
-            self._wake_scheduled = False
-        for text in pending:
+    def _enqueue_all(self, texts: list[str]) -> None:
+        for text in texts:
             self._enqueue(text)
 
     def fatal(self, code: ErrorCode, message: str, details: dict | None = None) -> None:
@@ -117,7 +105,7 @@ class _Connection:
         if threading.get_ident() == self.loop_thread:
             self._close_after_flush(close)
         else:
-            try:  # after the error frame: _flush was scheduled before this, and the loop runs callbacks in order
+            try:  # after the error frame: its delivery was scheduled before this, and the loop runs callbacks in order
                 self.loop.call_soon_threadsafe(self._close_after_flush, close)
             except RuntimeError:
                 pass
