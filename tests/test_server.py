@@ -269,6 +269,14 @@ class TestLimits:
         result = _result(raw.until("result"))
         assert result["subtype"] == "error_during_execution" and result["error"]["code"] == "RATE_LIMIT"
 
+    def test_a_provider_that_does_not_answer_in_time_is_a_timeout(self, fake, tmp_path):
+        with ServeProcess(tmp_path, fake.url, args=("--provider-timeout", "0.3"), name="impatient") as impatient:
+            with Raw(impatient.ws_url, token()) as r:
+                r.init()
+                r.send(user("SLEEP 1.5"))
+                result = _result(r.until("result"))
+        assert result["subtype"] == "error_during_execution" and result["error"]["code"] == "TIMEOUT"
+
     def test_concurrency_limit_per_user(self, served):
         opened = [Raw(served.ws_url, token("erin")) for _ in range(3)]
         try:

@@ -172,6 +172,9 @@ def add_arguments(parser: Any) -> None:
                         help="open sessions per user on this process (default 10)")
     parser.add_argument("--tool-timeout", type=float, default=120.0, metavar="SECONDS",
                         help="how long a client has to answer a tool call (default 120)")
+    parser.add_argument("--provider-timeout", type=float, default=None, metavar="SECONDS",
+                        help="seconds to wait for the model provider to connect and for each read before a "
+                             "turn fails with TIMEOUT (default: the provider's own, 10 s to connect, 600 s to read)")
     parser.add_argument("--max-turns", type=int, default=25, metavar="N",
                         help="model replies per turn unless the client or token says fewer (default 25)")
     parser.add_argument("--chat-heartbeat", type=float, default=10.0, metavar="SECONDS",
@@ -222,17 +225,21 @@ def serve_command(args: Any, out: Any, err: Any) -> int:
         secret = secrets.token_hex(32).encode()
     else:
         secret = _secret(args, os.environ)
-    models = tuple(args.model) or None
-    if models is None:
-        from ..providers.detect import default_service
+    from ..providers.detect import default_service
 
-        service = default_service(None)
+    models = tuple(args.model) or None
+    options: dict = {}
+    if args.provider_timeout is not None:
+        if not args.provider_timeout > 0:
+            raise ConfigurationError(f"--provider-timeout must be a positive number of seconds, "
+                                     f"got {args.provider_timeout}")
+        options["timeout"] = args.provider_timeout
+    if models is None:
+        service = default_service(None, **options)
         models = (getattr(service, "model", None) or "default",)
         factory: Any = lambda model, _service=service: _service
     else:
-        from ..providers.detect import default_service
-
-        made = {m: default_service(m) for m in models}  # fail now (a missing key), not at the first session
+        made = {m: default_service(m, **options) for m in models}  # fail now (a missing key), not at the first session
         factory = made.__getitem__
     from ..cli import EXAMPLE_TOOLS
     from .chat_runs import ChatSettings
