@@ -7,6 +7,13 @@ a cancelled tool that never returns keeps its thread and nobody else's.
 Workers idle for ``idle_timeout`` seconds exit. Daemon threads, so an
 abandoned tool never blocks interpreter exit.
 
+Why not ``concurrent.futures.ThreadPoolExecutor``: its workers are joined
+when the interpreter exits, so one cancelled tool that never returns (Python
+cannot kill a thread) would hang the program's exit; and its fixed size
+makes a stuck tool hold a slot other calls wait for. The bound a convo's
+``max_tool_workers`` sets is kept per tool round instead (that many drain
+tasks take the round's calls; see :mod:`convo._tool_runner`).
+
 Invariant: ``_idle`` counts workers waiting on the queue that no submit has
 claimed; each claim enqueues exactly one task. So a worker timing out while
 ``_idle`` is 0 has been claimed, and must take the task waiting for it.
