@@ -291,12 +291,17 @@ class _SenderThread:
                 return
 
 
-class PostgresBridge:
-    """``NOTIFY``/``LISTEN`` on ``convo_chat_events`` (see the module docstring)."""
+class _Bridge:
+    """What both bridges share: a sender thread for outgoing events, a listener thread for incoming ones.
 
-    def __init__(self, store: Any) -> None:
+    A subclass gives ``_send(batch)`` and ``_listen()`` (which sets
+    ``_ready`` once subscribed, and runs until ``_stop`` is set).
+    """
+
+    def __init__(self, store: Any, sender_name: str, listener_name: str) -> None:
         self._store = store
-        self._sender = _SenderThread("convo-chat-notify", self._send)
+        self._sender = _SenderThread(sender_name, self._send)
+        self._listener_name = listener_name
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
         self._ready = threading.Event()
@@ -304,12 +309,31 @@ class PostgresBridge:
     def start(self, receive: Callable[[str], None], origin: str) -> None:
         self._receive = receive
         self._sender.start()
-        self._listener = threading.Thread(target=self._listen, name="convo-chat-listen", daemon=True)
+        self._listener = threading.Thread(target=self._listen, name=self._listener_name, daemon=True)
         self._listener.start()
         self._ready.wait(10)
 
     def send(self, payload: dict) -> None:
         self._sender.put(payload)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sender.stop()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+
+    def _send(self, batch: list[dict]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _listen(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class PostgresBridge(_Bridge):
+    """``NOTIFY``/``LISTEN`` on ``convo_chat_events`` (see the module docstring)."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store, "convo-chat-notify", "convo-chat-listen")
 
     def _send(self, batch: list[dict]) -> None:
         notices: list[str] = []
@@ -339,33 +363,13 @@ class PostgresBridge:
                     except Exception:
                         pass
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._sender.stop()
-        if self._listener is not None:
-            self._listener.join(timeout=5)
 
-
-class RedisBridge:
+class RedisBridge(_Bridge):
     """``PUBLISH``/``SUBSCRIBE`` on ``{prefix}:chat-events``."""
 
     def __init__(self, store: Any) -> None:
-        self._store = store
+        super().__init__(store, "convo-chat-publish", "convo-chat-subscribe")
         self._channel = store.k("chat-events")
-        self._sender = _SenderThread("convo-chat-publish", self._send)
-        self._stop = threading.Event()
-        self._listener: threading.Thread | None = None
-        self._ready = threading.Event()
-
-    def start(self, receive: Callable[[str], None], origin: str) -> None:
-        self._receive = receive
-        self._sender.start()
-        self._listener = threading.Thread(target=self._listen, name="convo-chat-subscribe", daemon=True)
-        self._listener.start()
-        self._ready.wait(10)
-
-    def send(self, payload: dict) -> None:
-        self._sender.put(payload)
 
     def _send(self, batch: list[dict]) -> None:
         def publish() -> None:
@@ -400,10 +404,4 @@ class RedisBridge:
                         pubsub.close()
                     except Exception:
                         pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._sender.stop()
-        if self._listener is not None:
-            self._listener.join(timeout=5)
 
