@@ -995,7 +995,14 @@ class Convo:
 
     def _reread(self) -> None:
         """After a save of unknown outcome: take the history back from the store (the usage stays counted)."""
-        stored = self.store.load(self.id) if self._version or self._stored_anywhere() else None
+        from .errors import ConversationNotFound
+
+        try:
+            stored = self.store.load(self.id)
+        except ConversationNotFound:
+            if self._version:
+                raise
+            stored = None  # its first save did not commit: it was never stored
         with self._lock:
             if stored is None:
                 self._messages, self._version = [], 0
@@ -1009,15 +1016,6 @@ class Convo:
                 self._paused = bool(stored.state.get("paused", False))
             self._counted = None
         self._unsure = False
-
-    def _stored_anywhere(self) -> bool:
-        from .errors import ConversationNotFound
-
-        try:
-            self.store.load(self.id)
-        except ConversationNotFound:
-            return False
-        return True
 
     def save(self) -> None:
         """Save settings, budget and held results now (turns are saved as they happen).
